@@ -1,0 +1,35 @@
+# cerp_jax: `make train` (CERP + MF on the real Gowalla data) and `make test`.
+# Both create .venv and install the pinned requirements on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= runs/gowalla_mf
+CONFIG ?= configs/gowalla_mf.py
+PYTEST_ARGS ?=
+
+.PHONY: train eval test test-fast bench clean-venv
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.txt
+	touch $@
+
+train: $(VENV)/.installed
+	$(PY) train.py --config=$(CONFIG) --workdir=$(WORKDIR)
+	$(PY) eval.py --workdir=$(WORKDIR)
+
+eval: $(VENV)/.installed
+	$(PY) eval.py --workdir=$(WORKDIR)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q tests -m "not slow" $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed
+	$(PY) benchmarks/throughput.py --config=$(CONFIG)
+
+clean-venv:
+	rm -rf $(VENV)

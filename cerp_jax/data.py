@@ -1,0 +1,375 @@
+"""Interaction data: readers, validation, splits.
+
+Every dataset ends up as an :class:`Interactions`: user × item CSR matrices (``scipy.sparse``) for the
+train, validation and test splits, plus the user and item counts. Users and items share one entity-id
+space downstream (item ``i`` is entity ``num_users + i``, spec §1); here ids are kept per type.
+
+Formats:
+  * LightGCN text (``train.txt`` / ``test.txt``): one line per user, ``user item item …``, 0-based ids,
+    a line may hold a user with no items (Gowalla, Amazon-Book, ML-1M m1; spec §6).
+  * MovieLens-100K raw ``u.data``: ``user<TAB>item<TAB>rating<TAB>timestamp``, 1-based ids; every
+    rating is an implicit interaction; a seeded per-user 80/20 train/test split (DECISIONS.md, Data).
+
+Counts (DECISIONS.md, Data): from ``user_list.txt``/``item_list.txt`` when present, else the config's
+``num_users``/``num_items`` when set (> 0), else max id + 1 over all splits. Ids at or beyond the count
+are errors. Duplicate (user, item) pairs inside one file are de-duplicated with a warning that names the
+file and the first duplicate's line (the LightGCN loaders silently keep them; a duplicate positive would
+count twice in Recall's denominator, so we drop it). A pair present in two splits is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from typing import Optional, Sequence
+
+from absl import logging
+import numpy as np
+import scipy.sparse as sp
+
+# Default data root: ``../shared/data`` beside the repository root.
+_REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_DATA_ROOT = _REPO_ROOT.parent / "shared" / "data"
+
+
+class DataError(ValueError):
+  """Malformed or inconsistent input data. The message names the file, line and value."""
+
+
+def data_root(config_root: Optional[str] = None) -> pathlib.Path:
+  """Returns the data root: the config's value, else ``$CERP_DATA_DIR``, else ``../shared/data``."""
+  if config_root:
+    return pathlib.Path(config_root).expanduser()
+  env = os.environ.get("CERP_DATA_DIR")
+  if env:
+    return pathlib.Path(env).expanduser()
+  return DEFAULT_DATA_ROOT
+
+
+@dataclasses.dataclass(frozen=True)
+class Interactions:
+  """Implicit-feedback interactions, split per user.
+
+  Attributes:
+    name: dataset name, for logs.
+    num_users: number of users U (int).
+    num_items: number of items I (int).
+    train: ``[U, I]`` CSR float32 matrix of ones: training positives (validation removed).
+    valid: ``[U, I]`` CSR of validation positives (all-zero when there is no validation split).
+    test: ``[U, I]`` CSR of test positives.
+  """
+
+  name: str
+  num_users: int
+  num_items: int
+  train: sp.csr_matrix
+  valid: sp.csr_matrix
+  test: sp.csr_matrix
+
+  @property
+  def num_entities(self) -> int:
+    """N = U + I, the size of the shared user/item id space."""
+    return self.num_users + self.num_items
+
+  def summary(self) -> str:
+    """One line with the counts, for logs."""
+    no_train_users = int(np.sum(np.diff(self.train.indptr) == 0))
+    no_train_items = int(np.sum(np.bincount(self.train.indices, minlength=self.num_items) == 0))
+    return (f"{self.name}: {self.num_users} users, {self.num_items} items, train {self.train.nnz}, "
+            f"valid {self.valid.nnz}, test {self.test.nnz}; {no_train_users} users and "
+            f"{no_train_items} items have no training interaction")
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairs:
+  """(user, item) pairs read from one file, with the 1-based line each came from."""
+
+  path: str
+  users: np.ndarray  # [n] int64
+  items: np.ndarray  # [n] int64
+  lines: np.ndarray  # [n] int64, 1-based line numbers
+  num_lines: int
+
+
+def read_lightgcn_file(path: os.PathLike | str) -> Pairs:
+  """Reads one LightGCN-format file (``user item item …`` per line, 0-based ids).
+
+  Args:
+    path: the file.
+
+  Returns:
+    Pairs with ``users``, ``items`` int64 ``[n]`` and 1-based ``lines``.
+
+  Raises:
+    DataError: missing or empty file, a non-integer token, a negative id (message names file, line,
+      token).
+  """
+  path = str(path)
+  if not os.path.exists(path):
+    raise DataError(f"{path}: file not found")
+  users, items, lines = [], [], []
+  num_lines = 0
+  with open(path, "r", encoding="utf-8") as f:
+    for lineno, line in enumerate(f, start=1):
+      num_lines = lineno
+      tokens = line.split()
+      if not tokens:
+        continue
+      try:
+        ids = np.array([int(t) for t in tokens], dtype=np.int64)
+      except ValueError:
+        bad = next(t for t in tokens if not _is_int(t))
+        raise DataError(f"{path}:{lineno}: non-integer token {bad!r}") from None
+      if (ids < 0).any():
+        bad = int(ids[ids < 0][0])
+        raise DataError(f"{path}:{lineno}: negative id {bad}")
+      n = len(ids) - 1
+      users.append(np.full(n, ids[0], dtype=np.int64))
+      items.append(ids[1:])
+      lines.append(np.full(n, lineno, dtype=np.int64))
+  if num_lines == 0:
+    raise DataError(f"{path}: empty file")
+  cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)
+  return Pairs(path, cat(users), cat(items), cat(lines), num_lines)
+
+
+def read_movielens_100k(path: os.PathLike | str) -> Pairs:
+  """Reads MovieLens-100K raw ``u.data`` (tab-separated ``user item rating timestamp``, 1-based).
+
+  Every rating counts as an implicit interaction. Ids are shifted to 0-based.
+
+  Raises:
+    DataError: missing/empty file, a line without 4 integer fields, an id < 1 (names file, line, value).
+  """
+  path = str(path)
+  if not os.path.exists(path):
+    raise DataError(f"{path}: file not found")
+  users, items = [], []
+  num_lines = 0
+  with open(path, "r", encoding="utf-8") as f:
+    for lineno, line in enumerate(f, start=1):
+      num_lines = lineno
+      if not line.strip():
+        continue
+      fields = line.rstrip("\n").split("\t")
+      if len(fields) != 4:
+        raise DataError(f"{path}:{lineno}: expected 4 tab-separated fields, got {len(fields)}: "
+                        f"{line.strip()!r}")
+      for tok in fields:
+        if not _is_int(tok):
+          raise DataError(f"{path}:{lineno}: non-integer token {tok!r}")
+      u, i = int(fields[0]), int(fields[1])
+      for name, v in (("user", u), ("item", i)):
+        if v < 1:
+          raise DataError(f"{path}:{lineno}: {name} id {v} < 1 (u.data ids are 1-based)")
+      users.append(u - 1)
+      items.append(i - 1)
+  if not users:
+    raise DataError(f"{path}: empty file")
+  n = len(users)
+  return Pairs(path, np.asarray(users, np.int64), np.asarray(items, np.int64),
+               np.arange(1, n + 1, dtype=np.int64), num_lines)
+
+
+def _is_int(token: str) -> bool:
+  try:
+    int(token)
+    return True
+  except ValueError:
+    return False
+
+
+def _count_from_list(path: pathlib.Path) -> Optional[int]:
+  """Number of entries in a LightGCN ``user_list.txt``/``item_list.txt`` (header line excluded)."""
+  if not path.exists():
+    return None
+  with open(path, "r", encoding="utf-8") as f:
+    n = sum(1 for line in f if line.strip())
+  return max(n - 1, 0)
+
+
+def _check_range(pairs: Pairs, num_users: int, num_items: int, source: dict) -> None:
+  """Raises DataError naming file, line and id for the first id ≥ its count."""
+  for name, ids, count in (("user", pairs.users, num_users), ("item", pairs.items, num_items)):
+    bad = np.nonzero(ids >= count)[0]
+    if bad.size:
+      k = bad[0]
+      raise DataError(f"{pairs.path}:{pairs.lines[k]}: {name} id {ids[k]} out of range: "
+                      f"{source[name]} gives {count} {name}s (valid ids 0..{count - 1})")
+
+
+def _to_csr(pairs: Pairs, num_users: int, num_items: int) -> sp.csr_matrix:
+  """Builds the user × item CSR, de-duplicating repeated pairs with a warning."""
+  keys = pairs.users * num_items + pairs.items
+  _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+  if (counts > 1).any():
+    dup_mask = np.ones(len(keys), bool)
+    dup_mask[first] = False
+    k = np.nonzero(dup_mask)[0][0]
+    logging.warning("%s:%d: duplicate (user %d, item %d); %d duplicate pairs dropped", pairs.path,
+                    pairs.lines[k], pairs.users[k], pairs.items[k], int(dup_mask.sum()))
+  m = sp.csr_matrix((np.ones(len(keys), np.float32), (pairs.users, pairs.items)),
+                    shape=(num_users, num_items))
+  m.sum_duplicates()
+  m.data[:] = 1.0
+  m.sort_indices()
+  return m
+
+
+def _check_disjoint(a: sp.csr_matrix, b: sp.csr_matrix, name_a: str, name_b: str) -> None:
+  both = a.multiply(b)
+  if both.nnz:
+    both = both.tocoo()
+    raise DataError(f"{both.nnz} (user, item) pairs are in both {name_a} and {name_b}, e.g. "
+                    f"(user {both.row[0]}, item {both.col[0]})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Splits
+# ----------------------------------------------------------------------------------------------
+
+
+def split_per_user(m: sp.csr_matrix, fraction: float, seed: int, min_items: int,
+                   ) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+  """Moves ``round(fraction · n_u)`` (at least 1) of each user's items to a held-out matrix.
+
+  Users with fewer than ``min_items`` items keep all of them; at least one item always stays. The
+  choice is a seeded uniform permutation per user, vectorised (no per-user Python loop).
+
+  Args:
+    m: ``[U, I]`` CSR of ones.
+    fraction: share of each user's items held out, in (0, 1).
+    seed: numpy seed.
+    min_items: users with fewer items hold nothing out.
+
+  Returns:
+    (kept, held_out), both ``[U, I]`` CSR of ones, disjoint, summing to ``m``.
+  """
+  m = m.tocsr()
+  m.sort_indices()
+  counts = np.diff(m.indptr)
+  users = np.repeat(np.arange(m.shape[0]), counts)
+  rng = np.random.default_rng(seed)
+  order = np.lexsort((rng.random(m.nnz), users))  # random order within each user
+  rank = np.empty(m.nnz, np.int64)
+  rank[order] = np.arange(m.nnz) - np.repeat(m.indptr[:-1], counts)
+  n_out = np.maximum(1, np.floor(fraction * counts + 0.5)).astype(np.int64)
+  n_out = np.where(counts < max(min_items, 2), 0, np.minimum(n_out, counts - 1))
+  held = rank < np.repeat(n_out, counts)
+  make = lambda sel: sp.csr_matrix(
+      (np.ones(int(sel.sum()), np.float32), (users[sel], m.indices[sel])), shape=m.shape)
+  return make(~held), make(held)
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading a dataset
+# ----------------------------------------------------------------------------------------------
+
+
+def load_lightgcn(directory: os.PathLike | str, name: str = "", num_users: int = 0,
+                  num_items: int = 0) -> tuple[Pairs, Pairs, int, int, str]:
+  """Reads ``train.txt``/``test.txt`` of a LightGCN-format folder and settles the counts.
+
+  Returns:
+    (train_pairs, test_pairs, num_users, num_items, source) with ``source`` =
+    ``{'user': where the user count came from, 'item': …}``.
+
+  Raises:
+    DataError: see :func:`read_lightgcn_file`; ids out of range; an empty train or test split.
+  """
+  directory = pathlib.Path(directory)
+  train = read_lightgcn_file(directory / "train.txt")
+  test = read_lightgcn_file(directory / "test.txt")
+  for p in (train, test):
+    if p.users.size == 0:
+      raise DataError(f"{p.path}: no (user, item) pairs (empty split)")
+  nu_list = _count_from_list(directory / "user_list.txt")
+  ni_list = _count_from_list(directory / "item_list.txt")
+  max_u = int(max(train.users.max(), test.users.max())) + 1
+  max_i = int(max(train.items.max(), test.items.max())) + 1
+  nu, su = _settle(nu_list, num_users, max_u, directory / "user_list.txt")
+  ni, si = _settle(ni_list, num_items, max_i, directory / "item_list.txt")
+  return train, test, nu, ni, {"user": su, "item": si}
+
+
+def _settle(from_list, from_config, from_max, list_path):
+  if from_list:
+    return from_list, str(list_path)
+  if from_config and from_config > 0:
+    return from_config, "the config"
+  return from_max, "max id + 1"
+
+
+def load_interactions(config) -> Interactions:
+  """Builds the :class:`Interactions` a config asks for.
+
+  Config fields (``config.data``): ``format`` ('lightgcn' | 'ml100k'), ``path`` (folder under the
+  data root, or absolute), ``root``, ``loader`` ('text' | 'tfds'), ``num_users``/``num_items`` (0 =
+  automatic), ``valid_fraction`` (0 disables validation), ``valid_min_items``, ``test_fraction``
+  (ml100k), ``split_seed``.
+
+  Raises:
+    DataError: malformed or out-of-range data, empty splits, overlapping splits.
+  """
+  dc = config.data
+  root = data_root(dc.get("root") or None)
+  directory = pathlib.Path(dc.path)
+  if not directory.is_absolute():
+    directory = root / directory
+  if dc.format == "lightgcn":
+    if dc.get("loader", "text") == "tfds":
+      from cerp_jax import tfds_builder  # pylint: disable=g-import-not-at-top
+      train_pairs, test_pairs, nu, ni, source = tfds_builder.load_pairs(
+          directory, name=dc.name, tfds_data_dir=dc.get("tfds_data_dir") or None,
+          num_users=dc.get("num_users", 0), num_items=dc.get("num_items", 0))
+    else:
+      train_pairs, test_pairs, nu, ni, source = load_lightgcn(
+          directory, dc.name, dc.get("num_users", 0), dc.get("num_items", 0))
+    for p in (train_pairs, test_pairs):
+      _check_range(p, nu, ni, source)
+    train = _to_csr(train_pairs, nu, ni)
+    test = _to_csr(test_pairs, nu, ni)
+  elif dc.format == "ml100k":
+    pairs = read_movielens_100k(directory / "u.data")
+    nu = dc.get("num_users", 0) or int(pairs.users.max()) + 1
+    ni = dc.get("num_items", 0) or int(pairs.items.max()) + 1
+    _check_range(pairs, nu, ni, {
+        "user": "the config" if dc.get("num_users", 0) else "max id + 1",
+        "item": "the config" if dc.get("num_items", 0) else "max id + 1"})
+    full = _to_csr(pairs, nu, ni)
+    train, test = split_per_user(full, dc.test_fraction, dc.split_seed, min_items=2)
+  else:
+    raise ValueError(f"config.data.format={dc.format!r}: expected 'lightgcn' or 'ml100k'")
+  _check_disjoint(train, test, "train", "test")
+  if dc.valid_fraction > 0:
+    train, valid = split_per_user(train, dc.valid_fraction, dc.split_seed + 1,
+                                  min_items=dc.valid_min_items)
+  else:
+    valid = sp.csr_matrix(train.shape, dtype=np.float32)
+  for name, m in (("train", train), ("test", test)):
+    if m.nnz == 0:
+      raise DataError(f"{directory}: the {name} split is empty")
+  data = Interactions(dc.name, nu, ni, train, valid, test)
+  logging.info("%s", data.summary())
+  return data
+
+
+def csr_rows(m: sp.csr_matrix, rows: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(row-in-batch, column) COO pairs of the given rows of a CSR matrix, vectorised.
+
+  Returns:
+    ``r`` int32 ``[nnz_rows]`` (position of the row in ``rows``) and ``c`` int32 column ids.
+  """
+  rows = np.asarray(rows)
+  starts, ends = m.indptr[rows], m.indptr[rows + 1]
+  lens = ends - starts
+  r = np.repeat(np.arange(len(rows), dtype=np.int32), lens)
+  offsets = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+  c = m.indices[np.repeat(starts, lens) + offsets].astype(np.int32)
+  return r, c

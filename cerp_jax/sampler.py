@@ -1,0 +1,145 @@
+"""BPR training samples, vectorised in numpy and seeded per epoch (no per-sample Python loop).
+
+A *group* is one (user, positive) with K negatives: ``items[g] = [pos, neg_1 … neg_K]``. Negatives are
+uniform over all items, distinct within a group, rejecting the user's training positives (spec §4.1).
+
+Epochs (DECISIONS.md, Epoch):
+  * ``'positives'`` (default): every training positive once, shuffled.
+  * ``'parity'``: the original's epoch: ``nnz(train)`` user-uniform draws (users without training items
+    skipped), one uniform positive each, de-duplicated on (user, positive) keeping first-seen order and
+    the last draw's negatives (a Python dict's behaviour), no shuffling.
+Modes: ``'resample'`` draws a new epoch sample per epoch; ``'fixed'`` draws once (epoch 0) and reuses
+it every epoch, as the original does.
+
+The sample of epoch ``e`` depends only on ``(seed, e)``, so resuming from a checkpoint at any epoch
+reproduces it exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+class BPRSampler:
+  """Draws epochs of BPR groups from a ``[U, I]`` CSR of training positives.
+
+  Args:
+    train: ``[U, I]`` CSR of ones.
+    num_negatives: K ≥ 1.
+    mode: 'resample' | 'fixed'.
+    epoch_kind: 'positives' | 'parity'.
+    seed: numpy seed.
+
+  Raises:
+    ValueError: bad mode/kind, or a user whose positives leave fewer than K negatives.
+  """
+
+  def __init__(self, train: sp.csr_matrix, num_negatives: int, mode: str = "resample",
+               epoch_kind: str = "positives", seed: int = 0):
+    if mode not in ("resample", "fixed"):
+      raise ValueError(f"sampling mode={mode!r}: expected 'resample' or 'fixed'")
+    if epoch_kind not in ("positives", "parity"):
+      raise ValueError(f"epoch kind={epoch_kind!r}: expected 'positives' or 'parity'")
+    if num_negatives < 1:
+      raise ValueError(f"num_negatives must be ≥ 1, got {num_negatives}")
+    self.train = train.tocsr()
+    self.train.sort_indices()
+    self.num_users, self.num_items = train.shape
+    self.num_negatives = num_negatives
+    self.mode, self.epoch_kind, self.seed = mode, epoch_kind, seed
+    counts = np.diff(self.train.indptr)
+    if counts.max(initial=0) > self.num_items - num_negatives:
+      u = int(np.argmax(counts))
+      raise ValueError(f"user {u} has {counts[u]} training items of {self.num_items}: fewer than "
+                       f"{num_negatives} distinct negatives exist")
+    self._counts = counts
+    self._users = np.repeat(np.arange(self.num_users, dtype=np.int64), counts)
+    self._keys = self._users * self.num_items + self.train.indices  # sorted (CSR, sorted indices)
+    self._cache = None
+
+  def num_groups(self) -> int:
+    """Groups per epoch (the parity count is that of epoch 0's draw)."""
+    if self.epoch_kind == "positives":
+      return self.train.nnz
+    return len(self.epoch(0)[0])
+
+  def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Bool array: is ``items`` (any shape, rows matching ``users [n]``) a training positive?"""
+    keys = users.reshape(-1, *([1] * (items.ndim - 1))) * self.num_items + items
+    pos = np.searchsorted(self._keys, keys)
+    pos = np.minimum(pos, len(self._keys) - 1)
+    return self._keys[pos] == keys
+
+  def negatives(self, rng: np.random.Generator, users: np.ndarray) -> np.ndarray:
+    """``[n, K] int64`` distinct negatives per row, rejecting each user's training positives."""
+    n, k = len(users), self.num_negatives
+    neg = rng.integers(0, self.num_items, size=(n, k))
+    bad = np.ones(n, bool)
+    while bad.any():
+      rows = np.nonzero(bad)[0]
+      sub = neg[rows]
+      clash = self.is_positive(users[rows], sub)
+      for j in range(1, k):  # a repeat of an earlier column in the same row
+        clash[:, j] |= (sub[:, :j] == sub[:, j:j + 1]).any(axis=1)
+      sub[clash] = rng.integers(0, self.num_items, size=int(clash.sum()))
+      neg[rows] = sub
+      bad[:] = False
+      bad[rows[clash.any(axis=1)]] = True
+    return neg
+
+  def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Groups of one epoch.
+
+    Returns:
+      users ``[n] int32``, items ``[n, 1 + K] int32`` (column 0 the positive).
+    """
+    if self.mode == "fixed":
+      if self._cache is None:
+        self._cache = self._draw(0)
+      return self._cache
+    return self._draw(epoch)
+
+  def _draw(self, epoch: int):
+    rng = np.random.default_rng([self.seed, epoch])
+    if self.epoch_kind == "positives":
+      order = rng.permutation(self.train.nnz)
+      users = self._users[order]
+      pos = self.train.indices[order].astype(np.int64)
+      neg = self.negatives(rng, users)
+    else:
+      draws = rng.integers(0, self.num_users, size=self.train.nnz)
+      draws = draws[self._counts[draws] > 0]
+      pick = (rng.random(len(draws)) * self._counts[draws]).astype(np.int64)
+      all_pos = self.train.indices[self.train.indptr[draws] + pick].astype(np.int64)
+      all_neg = self.negatives(rng, draws)
+      keys = draws * self.num_items + all_pos
+      # dict semantics: first-seen order of keys, values from the last draw of each key.
+      uniq, first = np.unique(keys, return_index=True)
+      last = len(keys) - 1 - np.unique(keys[::-1], return_index=True)[1]
+      order = np.argsort(first, kind="stable")
+      users, pos, neg = draws[first[order]], all_pos[first[order]], all_neg[last[order]]
+      del uniq
+    items = np.concatenate([pos[:, None], neg], axis=1)
+    return users.astype(np.int32), items.astype(np.int32)
+
+
+def to_steps(users: np.ndarray, items: np.ndarray, groups_per_step: int, steps_per_block: int):
+  """Reshapes one epoch of groups into blocks of steps, padding with masked groups and steps.
+
+  Returns:
+    dict of numpy arrays with leading ``[num_blocks, steps_per_block]``: ``users [.., G]``,
+    ``items [.., G, 1+K]``, ``group_mask [.., G]`` bool, ``step_mask [..]`` bool; and the number of real
+    steps ``ceil(n / G)``.
+  """
+  n = len(users)
+  steps = -(-n // groups_per_step)
+  blocks = -(-steps // steps_per_block)
+  total = blocks * steps_per_block * groups_per_step
+  pad = total - n
+  shape = (blocks, steps_per_block, groups_per_step)
+  u = np.pad(users, (0, pad)).reshape(shape)
+  it = np.pad(items, ((0, pad), (0, 0))).reshape(shape + (items.shape[1],))
+  gm = (np.arange(total) < n).reshape(shape)
+  sm = gm.any(axis=-1)
+  return {"users": u, "items": it, "group_mask": gm, "step_mask": sm}, steps

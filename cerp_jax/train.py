@@ -1,0 +1,683 @@
+"""Training: stage 1 (prune, snapshot at budgets) and stage 2 (lottery-ticket retrain), resumable.
+
+Spec §2–§5; DECISIONS.md. The hot path is one pure ``train_step(state, batch)``; ``jax.lax.scan`` fuses
+``steps_per_block`` of them into one compiled call with the state donated, so Python runs once per
+block. Budget snapshots are taken inside the scanned step (exact per step). Each stage checkpoints
+with orbax into the workdir and resumes from it: the sampler's epoch sample depends only on
+``(seed, epoch)``, so a resumed run continues with the same numbers.
+
+Workdir layout::
+
+  config.json                 the run's config (checked on resume)
+  metrics.jsonl               one JSON object per epoch / evaluation
+  prune/checkpoints/          stage-1 orbax checkpoints (state incl. snapshots and step-0 tables)
+  prune/summary.json          budget → step, epoch, non-zeros
+  retrain/<tag>/checkpoints/  stage-2 orbax checkpoints per budget (tag ``sparsity_0.5000`` | ``full``)
+  retrain/<tag>/result.json   selection history, best epoch, test metrics of the best checkpoint
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from typing import Any, Optional
+
+from absl import logging
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from cerp_jax import checkpoint as ckpt_lib
+from cerp_jax import data as data_lib
+from cerp_jax import embeddings as emb_lib
+from cerp_jax import evaluation
+from cerp_jax import losses
+from cerp_jax import models
+from cerp_jax import pruning
+from cerp_jax import sampler as sampler_lib
+
+# --------------------------------------------------------------------------------------------------
+# State, model, optimizer
+# --------------------------------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a step changes. ``step`` counts applied updates (padding steps excluded)."""
+
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  masks: Any
+  opt_state: Any
+  rng: jax.Array
+  prune: Optional[pruning.PruneState]
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  """Static (hashable) settings of a train step."""
+
+  eta: float
+  gamma_init: float
+  gamma_decay: float
+  l2_penalty: float
+  prune: bool  # regularizer, non-zero count and snapshots on
+
+
+def make_optimizer(oc: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """``clip_by_global_norm → add_decayed_weights (coupled L2) → Adam`` (spec §4.3).
+
+  The decay is added to the gradient *before* Adam's normalisation (``torch.optim.Adam(weight_decay)``
+  semantics, not AdamW): with zero loss gradient the −100 thresholds still rise by ≈ lr per step
+  (spec §2). ``grad_clip ≤ 0`` or ``weight_decay ≤ 0`` drop that part.
+  """
+  parts = []
+  if oc.grad_clip and oc.grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(oc.grad_clip))
+  if oc.weight_decay and oc.weight_decay > 0:
+    parts.append(optax.add_decayed_weights(oc.weight_decay))
+  parts += [optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8), optax.scale(-oc.lr)]
+  return optax.chain(*parts)
+
+
+def build_model(config, data: data_lib.Interactions, mode: str) -> models.Recommender:
+  embedding = emb_lib.make_embedding(config, data.num_entities, mode)
+  return models.Recommender(embedding=embedding, backbone=models.make_backbone(config),
+                            num_users=data.num_users)
+
+
+def init_variables(model: models.Recommender, seed: int, items_per_group: int) -> dict:
+  """Initial variables; the same seed gives the same backbone weights in both stages (spec §5)."""
+  users = jnp.zeros((2,), jnp.int32)
+  items = jnp.zeros((2, items_per_group), jnp.int32)
+  variables = model.init(jax.random.key(seed), users, items, train=False)
+  return flax.core.unfreeze(variables)
+
+
+def _variables(params, batch_stats, masks):
+  v = {"params": params}
+  if batch_stats:
+    v["batch_stats"] = batch_stats
+  if masks:
+    v["masks"] = masks
+  return v
+
+
+def train_step(state: TrainState, batch: dict, epoch: jax.Array, *, model: models.Recommender,
+               tx: optax.GradientTransformation, sc: StepConfig):
+  """One BPR step (spec §4.2): ``L = BPR + L2 + γ_e·(−Σ tanh²(η·E))``, then the optimizer update.
+
+  In the prune stage the non-zeros of the effective tables *of this step's forward* (before the
+  update) are counted and, if they fall to the next budget, captured (spec §5).
+
+  Args:
+    state: the train state.
+    batch: ``users [G] int32``, ``items [G, 1+K] int32``, ``group_mask [G] bool``.
+    epoch: scalar int32, for γ_e = γ_0·decay^epoch.
+
+  Returns:
+    (new state, metrics dict of scalars).
+  """
+  users, items, gmask = batch["users"], batch["items"], batch["group_mask"]
+  gamma = sc.gamma_init * sc.gamma_decay ** epoch.astype(jnp.float32)
+  has_bs = bool(state.batch_stats)
+
+  def loss_fn(params):
+    variables = _variables(params, state.batch_stats, state.masks)
+    kwargs = dict(train=True, group_mask=gmask)
+    if has_bs:
+      (scores, u, it, tables), upd = model.apply(variables, users, items, mutable=["batch_stats"],
+                                                 **kwargs)
+      new_bs = upd["batch_stats"]
+    else:
+      scores, u, it, tables = model.apply(variables, users, items, **kwargs)
+      new_bs = state.batch_stats
+    bpr = losses.bpr_loss(scores, gmask)
+    l2 = losses.l2_penalty(u, it, gmask, sc.l2_penalty) if sc.l2_penalty > 0 else 0.0 * bpr
+    if sc.prune:
+      rows, rmask = losses.regularizer_rows(u, it, gmask)
+      reg = losses.pruning_regularizer(rows, rmask, sc.eta)
+    else:
+      reg = 0.0 * bpr
+    loss = bpr + l2 + gamma * reg
+    return loss, (bpr, l2, reg, tables, new_bs)
+
+  grads, (bpr, l2, reg, tables, new_bs) = jax.grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = {"bpr_loss": bpr, "l2_loss": l2, "reg_loss": reg, "loss": bpr + l2 + gamma * reg}
+  prune_state = state.prune
+  if sc.prune:
+    nnz = emb_lib.count_nonzeros(tables)
+    prune_state = pruning.capture(prune_state, tables, nnz, state.step)
+    metrics["nonzeros"] = nnz
+  new = state.replace(step=state.step + 1, params=params, batch_stats=new_bs, opt_state=opt_state,
+                      prune=prune_state)
+  return new, metrics
+
+
+def make_block_fn(model, tx, sc: StepConfig):
+  """Jitted ``(state, block, epoch) -> (state, per-step metrics)`` scanning ``train_step`` over a block.
+
+  A step runs only if its ``step_mask`` is set and (prune stage) not every budget is met yet; other
+  steps leave the state untouched (``lax.cond``). The input state is donated.
+  """
+  step = functools.partial(train_step, model=model, tx=tx, sc=sc)
+
+  def body(state, batch, epoch):
+    active = batch["step_mask"]
+    if sc.prune:
+      active = active & ~state.prune.done
+
+    def skip(state):
+      zeros = jax.eval_shape(lambda s: step(s, batch, epoch)[1], state)
+      return state, jax.tree_util.tree_map(lambda z: jnp.zeros(z.shape, z.dtype), zeros)
+
+    new, m = jax.lax.cond(active, lambda s: step(s, batch, epoch), skip, state)
+    m["active"] = active
+    return new, m
+
+  def block(state, blk, epoch):
+    return jax.lax.scan(lambda s, b: body(s, b, epoch), state, blk)
+
+  return jax.jit(block, donate_argnums=(0,))
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+class MetricWriter:
+  """Appends JSON lines to ``workdir/metrics.jsonl`` and mirrors a summary to the log."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, "metrics.jsonl")
+
+  def write(self, record: dict):
+    rec = {k: (float(v) if isinstance(v, (np.floating, jnp.ndarray)) else v)
+           for k, v in record.items()}
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps(rec, sort_keys=True) + "\n")
+
+
+def _to_host(tree):
+  return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+
+
+def _json_dump(path: str, obj: Any):
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+  os.replace(tmp, path)
+
+
+def _json_default(o):
+  if isinstance(o, (np.integer,)):
+    return int(o)
+  if isinstance(o, (np.floating,)):
+    return float(o)
+  if isinstance(o, np.ndarray):
+    return o.tolist()
+  raise TypeError(type(o))
+
+
+def target_tag(target: Optional[float]) -> str:
+  """``sparsity_0.5000`` (the original's folder name) or ``full`` for an unpruned run."""
+  return "full" if target is None else f"sparsity_{target:.4f}"
+
+
+def make_score_fn(model: models.Recommender, num_users: int):
+  """Pure scorer ``((variables, entity_vectors), users [B]) -> [B, I]`` for the evaluator."""
+
+  def score_fn(args, users):
+    variables, vecs = args
+    return model.apply(variables, vecs[users], vecs[num_users:],
+                       method=models.Recommender.score_users)
+
+  return score_fn
+
+
+def make_vectors_fn(model: models.Recommender):
+  """Jitted ``variables -> [N, out_dim]`` composed entity vectors (once per evaluation)."""
+  return jax.jit(lambda v: model.apply(v, method=models.Recommender.entity_vectors))
+
+
+def eval_variables(state_or_params, batch_stats, masks):
+  return _variables(state_or_params, batch_stats, masks)
+
+
+def _epoch_blocks(sampler, epoch, groups, steps_per_block):
+  users, items = sampler.epoch(epoch)
+  return sampler_lib.to_steps(users, items, groups, steps_per_block)
+
+
+def _block(blocks, i):
+  return {k: v[i] for k, v in blocks.items()}
+
+
+def _accumulate(acc: dict, m: dict):
+  act = np.asarray(m["active"])
+  acc["steps"] = acc.get("steps", 0) + int(act.sum())
+  for k, v in m.items():
+    if k in ("active", "nonzeros"):
+      continue
+    acc[k] = acc.get(k, 0.0) + float(np.asarray(v)[act].sum())
+  if "nonzeros" in m and act.any():
+    acc["nonzeros"] = int(np.asarray(m["nonzeros"])[act][-1])
+
+
+def _epoch_record(acc: dict) -> dict:
+  n = max(acc.get("steps", 0), 1)
+  rec = {f"train/{k}": acc[k] / n for k in ("bpr_loss", "reg_loss", "l2_loss", "loss") if k in acc}
+  rec["train/steps"] = acc.get("steps", 0)
+  return rec
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 1: prune
+# --------------------------------------------------------------------------------------------------
+
+
+def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
+  """Stage 1 (spec §5): train with soft thresholds + regularizer until every budget is met.
+
+  Returns:
+    the summary dict also written to ``prune/summary.json``.
+  """
+  pc = config.prune
+  model = build_model(config, data, emb_lib.PRUNE)
+  if not model.embedding.prunable:
+    raise ValueError(f"embedding {config.model.embedding!r} has nothing to prune")
+  num_entries = model.embedding.num_parameters()
+  budgets = pruning.budgets(config.target_sparsities, num_entries)
+  targets = sorted(config.target_sparsities)
+  sampler = sampler_lib.BPRSampler(data.train, pc.num_negatives, config.sampling.mode,
+                                   config.sampling.epoch, seed=config.seed)
+  groups = pc.groups_per_step
+  steps_per_epoch = -(-sampler.num_groups() // groups)
+  tx = make_optimizer(pc)
+  sc = StepConfig(eta=pc.eta, gamma_init=pc.gamma_init, gamma_decay=pc.gamma_decay,
+                  l2_penalty=pc.l2_penalty, prune=True)
+  block_fn = make_block_fn(model, tx, sc)
+
+  variables = init_variables(model, config.seed, pc.num_negatives + 1)
+  params = variables["params"]
+  tables0 = model.apply(variables, method=models.Recommender.tables)
+  initial = {k: jnp.copy(params["embedding"][k]) for k in model.embedding.prunable}
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                     batch_stats=variables.get("batch_stats", {}), masks={},
+                     opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(config.seed)),
+                     prune=pruning.init_prune_state(budgets, tables0, initial))
+  store = ckpt_lib.CheckpointStore(os.path.join(workdir, "prune", "checkpoints"))
+  meta = {"epoch": 0, "block": 0, "done": False, "acc": {}, "seconds": 0.0}
+  if store.latest() is not None:
+    state, meta, _ = store.restore(state)
+    logging.info("prune: resumed from %s at step %d (epoch %d, block %d)", store.directory,
+                 int(state.step), meta["epoch"], meta["block"])
+  writer = MetricWriter(workdir)
+  logging.info("prune: %s; b=%d d=%d, 2bd=%d; budgets %s for targets %s; %d steps/epoch of %d groups "
+               "(sampling %s/%s); threshold init %s (%s)", type(model.embedding).__name__,
+               config.model.bucket_size, config.model.dim, num_entries, budgets.tolist(), targets,
+               steps_per_epoch, groups, config.sampling.mode, config.sampling.epoch,
+               config.model.threshold_init, config.model.threshold_init_method)
+
+  t_start = time.perf_counter() - meta["seconds"]
+  last_save = int(state.step)
+  bar = tqdm(total=pc.max_epochs * steps_per_epoch, initial=int(state.step), desc="prune",
+             unit="step", dynamic_ncols=True, mininterval=2.0, disable=not config.progress_bar)
+  epoch = meta["epoch"]
+  while not meta["done"] and epoch < pc.max_epochs:
+    blocks, _ = _epoch_blocks(sampler, epoch, groups, pc.steps_per_block)
+    nblocks = blocks["users"].shape[0]
+    acc = meta["acc"] if meta["block"] > 0 else {}
+    for bi in range(meta["block"], nblocks):
+      before = int(state.step)
+      state, m = block_fn(state, _block(blocks, bi), jnp.int32(epoch))
+      m = _to_host(m)
+      _accumulate(acc, m)
+      bar.update(int(state.step) - before)
+      if "nonzeros" in acc:
+        bar.set_postfix(nnz=acc["nonzeros"], sparsity=f"{1 - acc['nonzeros'] / num_entries:.4f}",
+                        refresh=False)
+      done = bool(state.prune.done)
+      meta.update(epoch=epoch, block=bi + 1, acc=acc, done=done,
+                  seconds=time.perf_counter() - t_start)
+      if done:
+        break
+      if int(state.step) - last_save >= config.checkpoint_every_steps:
+        store.save(state, meta)
+        last_save = int(state.step)
+    nnz = acc.get("nonzeros", -1)
+    rec = {"stage": "prune", "epoch": epoch, "step": int(state.step),
+           "gamma": pc.gamma_init * pc.gamma_decay ** epoch, "prune/nonzeros": nnz,
+           "prune/sparsity": 1 - nnz / num_entries, "prune/budgets_reached": int(
+               np.sum(np.asarray(state.prune.reached))), **_epoch_record(acc)}
+    writer.write(rec)
+    logging.info("prune epoch %d step %d: bpr %.4f reg %.1f (γ=%.4g) nonzeros %d sparsity %.4f, "
+                 "budgets reached %d/%d", epoch, int(state.step), rec.get("train/bpr_loss", 0),
+                 rec.get("train/reg_loss", 0), rec["gamma"], nnz, rec["prune/sparsity"],
+                 rec["prune/budgets_reached"], len(budgets))
+    if not meta["done"]:
+      epoch += 1
+      meta.update(epoch=epoch, block=0, acc={})
+    store.save(state, meta)
+    last_save = int(state.step)
+  bar.close()
+  if not meta["done"]:
+    meta["done"] = True  # max epochs: stop with the remaining targets unmet (spec §5)
+    store.save(state, meta)
+  ps = _to_host(state.prune)
+  summary = {"num_entries": num_entries, "steps_per_epoch": steps_per_epoch,
+             "final_step": int(state.step), "seconds": meta["seconds"], "targets": []}
+  for i, s in enumerate(targets):
+    summary["targets"].append({
+        "target_sparsity": s, "budget": int(budgets[i]), "reached": bool(ps.reached[i]),
+        "step": int(ps.step[i]), "epoch": int(ps.step[i]) // steps_per_epoch if ps.reached[i] else None,
+        "nonzeros": int(ps.nonzeros[i]), "sparsity": 1 - int(ps.nonzeros[i]) / num_entries})
+    if ps.reached[i]:
+      logging.info("prune: target %.4f (budget %d) met at step %d (epoch %d) with %d non-zeros", s,
+                   budgets[i], ps.step[i], int(ps.step[i]) // steps_per_epoch, ps.nonzeros[i])
+    else:
+      logging.warning("prune: target %.4f (budget %d) NOT met within %d epochs", s, budgets[i],
+                      pc.max_epochs)
+  _json_dump(os.path.join(workdir, "prune", "summary.json"), summary)
+  store.close()
+  return summary
+
+
+def load_prune_results(config, data, workdir):
+  """(prune state on host, summary) from a finished stage 1.
+
+  Raises:
+    CheckpointError: stage 1 has not run or not finished in this workdir.
+  """
+  model = build_model(config, data, emb_lib.PRUNE)
+  pc = config.prune
+  tx = make_optimizer(pc)
+  variables = init_variables(model, config.seed, pc.num_negatives + 1)
+  params = variables["params"]
+  budgets = pruning.budgets(config.target_sparsities, model.embedding.num_parameters())
+  tables0 = model.apply(variables, method=models.Recommender.tables)
+  like = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}), masks={},
+                    opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(0)),
+                    prune=pruning.init_prune_state(budgets, tables0, {
+                        k: params["embedding"][k] for k in model.embedding.prunable}))
+  store = ckpt_lib.CheckpointStore(os.path.join(workdir, "prune", "checkpoints"))
+  if store.latest() is None:
+    raise ckpt_lib.CheckpointError(
+        f"{store.directory}: no stage-1 checkpoint; run with --config.stage=prune (or all) first")
+  state, meta, _ = store.restore(like)
+  store.close()
+  if not meta.get("done"):
+    raise ckpt_lib.CheckpointError(f"{store.directory}: stage 1 has not finished (epoch "
+                                   f"{meta.get('epoch')}); rerun stage prune to resume it")
+  with open(os.path.join(workdir, "prune", "summary.json"), encoding="utf-8") as f:
+    summary = json.load(f)
+  return _to_host(state.prune), summary
+
+
+# --------------------------------------------------------------------------------------------------
+# Stage 2: retrain (and the full-table reference)
+# --------------------------------------------------------------------------------------------------
+
+
+def _selection_improved(value, best):
+  return best is None or value > best
+
+
+def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Optional[float],
+                  prune_state=None, prune_summary=None) -> dict:
+  """Stage 2 for one budget (spec §5): mask = snapshot ≠ 0, tables = step-0 values ⊙ mask, no
+  thresholds, no regularizer; periodic full-ranking evaluation, early stopping, test metrics of the
+  selected checkpoint. With ``target=None`` trains the embedding as is (the full-table reference).
+
+  Returns:
+    the result dict also written to ``retrain/<tag>/result.json``.
+  """
+  rc, ec = config.retrain, config.eval
+  tag = target_tag(target)
+  out_dir = os.path.join(workdir, "retrain", tag)
+  os.makedirs(out_dir, exist_ok=True)
+  mode = emb_lib.RETRAIN if target is not None else emb_lib.DENSE
+  model = build_model(config, data, mode)
+  variables = init_variables(model, config.seed, rc.num_negatives + 1)
+  params, masks = variables["params"], variables.get("masks", {})
+  snapshot_info = {}
+  if target is not None:
+    i = sorted(config.target_sparsities).index(target)
+    if not bool(prune_state.reached[i]):
+      raise ValueError(f"target sparsity {target} was not reached in stage 1; nothing to retrain")
+    snap = {k: prune_state.snapshots[k][i] for k in prune_state.snapshots}
+    mask = pruning.masks_from_snapshot(snap)
+    rewound = pruning.rewind(prune_state.initial, mask)
+    params["embedding"] = {**params["embedding"], **{k: jnp.asarray(v) for k, v in rewound.items()}}
+    masks = {"embedding": {k: jnp.asarray(v) for k, v in mask.items()}}
+    snapshot_info = next(t for t in prune_summary["targets"] if t["target_sparsity"] == target)
+  tx = make_optimizer(rc)
+  sc = StepConfig(eta=0.0, gamma_init=0.0, gamma_decay=1.0, l2_penalty=rc.l2_penalty, prune=False)
+  block_fn = make_block_fn(model, tx, sc)
+  batch_stats = variables.get("batch_stats", {})
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                     masks=masks, opt_state=tx.init(params),
+                     rng=jax.random.key_data(jax.random.key(config.seed)), prune=None)
+  best_like = {"params": params, "batch_stats": batch_stats}
+  sampler = sampler_lib.BPRSampler(data.train, rc.num_negatives, config.sampling.mode,
+                                   config.sampling.epoch, seed=config.seed + 1)
+  groups = rc.groups_per_step
+  steps_per_epoch = -(-sampler.num_groups() // groups)
+  sel_split = ec.selection_split
+  evaluator = evaluation.Evaluator(data, sel_split, ec.ks, ec.batch_size,
+                                   user_sample=ec.user_sample, seed=ec.sample_seed)
+  score_fn = make_score_fn(model, data.num_users)
+  vectors_fn = make_vectors_fn(model)
+
+  def run_eval(params_, bs_, ev, topk=False):
+    v = _variables(params_, bs_, state.masks)
+    return ev.evaluate(score_fn, (v, vectors_fn(v)), return_topk=topk,
+                       progress=config.progress_bar)
+
+  store = ckpt_lib.CheckpointStore(os.path.join(out_dir, "checkpoints"))
+  meta = {"epoch": 0, "block": 0, "done": False, "acc": {}, "seconds": 0.0, "history": [],
+          "best_value": None, "best_epoch": None, "bad_evals": 0}
+  best = None
+  if store.latest() is not None:
+    has_best = store.restore_meta().get("best_epoch") is not None
+    state, meta, best = store.restore(state, best_like if has_best else None)
+    logging.info("retrain %s: resumed at epoch %d block %d", tag, meta["epoch"], meta["block"])
+  writer = MetricWriter(workdir)
+  metric = ec.selection_metric
+  logging.info("retrain %s: %d steps/epoch of %d groups × (1+%d) items; select on %s %s every %d "
+               "epochs, patience %d, at most %d epochs", tag, steps_per_epoch, groups,
+               rc.num_negatives, sel_split, metric, ec.every_epochs, ec.patience, rc.max_epochs)
+  t_start = time.perf_counter() - meta["seconds"]
+  last_save = int(state.step)
+  bar = tqdm(total=rc.max_epochs * steps_per_epoch, initial=int(state.step),
+             desc=f"retrain {tag}", unit="step", dynamic_ncols=True, mininterval=2.0,
+             disable=not config.progress_bar)
+  epoch = meta["epoch"]
+  train_seconds = meta.get("train_seconds", 0.0)
+  while not meta["done"]:
+    blocks, _ = _epoch_blocks(sampler, epoch, groups, rc.steps_per_block)
+    acc = meta["acc"] if meta["block"] > 0 else {}
+    t_epoch = time.perf_counter()
+    for bi in range(meta["block"], blocks["users"].shape[0]):
+      before = int(state.step)
+      state, m = block_fn(state, _block(blocks, bi), jnp.int32(epoch))
+      _accumulate(acc, _to_host(m))
+      bar.update(int(state.step) - before)
+      meta.update(block=bi + 1, acc=acc, seconds=time.perf_counter() - t_start)
+      if int(state.step) - last_save >= config.checkpoint_every_steps:
+        meta["train_seconds"] = train_seconds + time.perf_counter() - t_epoch
+        store.save(state, meta, best)
+        last_save = int(state.step)
+    train_seconds += time.perf_counter() - t_epoch
+    rec = {"stage": "retrain", "target": tag, "epoch": epoch, "step": int(state.step),
+           **_epoch_record(acc)}
+    due = (epoch % ec.every_epochs == 0) if ec.eval_at_epoch_zero else (
+        (epoch + 1) % ec.every_epochs == 0)
+    last = epoch + 1 >= rc.max_epochs
+    if due or last:
+      res = run_eval(state.params, state.batch_stats, evaluator)
+      value = res[metric]
+      rec.update({f"{sel_split}/{k}": v for k, v in res.items()
+                  if "@" in k or k in ("num_users_evaluated", "sampled")})
+      meta["history"].append({"epoch": epoch, **{k: v for k, v in res.items() if "@" in k}})
+      if _selection_improved(value, meta["best_value"]):
+        meta.update(best_value=value, best_epoch=epoch, bad_evals=0)
+        # a copy: the state's buffers are donated to the next block.
+        best = jax.tree_util.tree_map(jnp.copy, {"params": state.params,
+                                                 "batch_stats": state.batch_stats})
+      else:
+        meta["bad_evals"] += 1
+      logging.info("retrain %s epoch %d: bpr %.4f | %s | best %s %.4f @ epoch %d", tag, epoch,
+                   rec.get("train/bpr_loss", 0), evaluation.describe(res), metric,
+                   meta["best_value"], meta["best_epoch"])
+      if meta["bad_evals"] >= ec.patience or last:
+        meta["done"] = True
+    else:
+      logging.info("retrain %s epoch %d: bpr %.4f l2 %.4g", tag, epoch, rec.get("train/bpr_loss", 0),
+                   rec.get("train/l2_loss", 0))
+    writer.write(rec)
+    epoch += 1
+    meta.update(epoch=epoch, block=0, acc={}, seconds=time.perf_counter() - t_start,
+                train_seconds=train_seconds)
+    store.save(state, meta, best)
+    last_save = int(state.step)
+  bar.close()
+  store.close()
+
+  # Final test metrics from the selected checkpoint (or per-metric maxima, as the original).
+  test_eval = evaluation.Evaluator(data, "test", ec.ks, ec.batch_size,
+                                   user_sample=ec.test_user_sample, seed=ec.sample_seed)
+  if sel_split == "test" and ec.test_user_sample == ec.user_sample:
+    test_res = {k: v for k, v in meta["history"][[h["epoch"] for h in meta["history"]].index(
+        meta["best_epoch"])].items()}
+    test_res.update(split="test", num_users_evaluated=evaluator.users.size,
+                    num_users_total=evaluator.num_users_total, sampled=evaluator.sampled)
+  else:
+    test_res = run_eval(best["params"], best["batch_stats"], test_eval)
+  result = {
+      "target": tag, "target_sparsity": target, "best_epoch": meta["best_epoch"],
+      "selection": {"split": sel_split, "metric": metric, "value": meta["best_value"]},
+      "epochs": epoch, "steps": int(state.step), "steps_per_epoch": steps_per_epoch,
+      "train_seconds": meta.get("train_seconds", 0.0), "seconds": meta["seconds"],
+      "snapshot": snapshot_info, "history": meta["history"],
+      "test": {k: v for k, v in test_res.items() if k not in ("topk", "users")},
+  }
+  if ec.report == "per_metric_max":
+    result["test_per_metric_max"] = {
+        k: max(h[k] for h in meta["history"]) for k in meta["history"][0] if "@" in k}
+  _json_dump(os.path.join(out_dir, "result.json"), result)
+  writer.write({"stage": "test", "target": tag, "best_epoch": meta["best_epoch"],
+                **{f"test/{k}": v for k, v in result["test"].items() if "@" in k}})
+  logging.info("retrain %s: test %s (best epoch %d)", tag, evaluation.describe(test_res),
+               meta["best_epoch"])
+  return result
+
+
+def restore_best(config, data, workdir: str, target: Optional[float]):
+  """(model, variables) of the selected checkpoint of one retrain run, for eval.py.
+
+  Raises:
+    CheckpointError: the run is missing or unfinished.
+  """
+  rc = config.retrain
+  tag = target_tag(target)
+  mode = emb_lib.RETRAIN if target is not None else emb_lib.DENSE
+  model = build_model(config, data, mode)
+  variables = init_variables(model, config.seed, rc.num_negatives + 1)
+  params, masks = variables["params"], variables.get("masks", {})
+  batch_stats = variables.get("batch_stats", {})
+  tx = make_optimizer(rc)
+  like = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    masks=masks, opt_state=tx.init(params),
+                    rng=jax.random.key_data(jax.random.key(0)), prune=None)
+  store = ckpt_lib.CheckpointStore(os.path.join(workdir, "retrain", tag, "checkpoints"))
+  if store.latest() is None:
+    raise ckpt_lib.CheckpointError(f"{store.directory}: no checkpoint; run train.py first")
+  meta = store.restore_meta()
+  if not meta.get("done"):
+    raise ckpt_lib.CheckpointError(f"{store.directory}: retraining of {tag} has not finished; "
+                                   "rerun train.py to resume it")
+  state, meta, best = store.restore(like, {"params": params, "batch_stats": batch_stats})
+  store.close()
+  return model, _variables(best["params"], best["batch_stats"], state.masks), meta
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry
+# --------------------------------------------------------------------------------------------------
+
+_RESUME_IGNORED = ("stage", "progress_bar", "checkpoint_every_steps")
+
+
+def _check_workdir_config(config, workdir):
+  path = os.path.join(workdir, "config.json")
+  current = json.loads(config.to_json_best_effort())
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      stored = json.load(f)
+    diff = sorted(k for k in set(stored) | set(current)
+                  if k not in _RESUME_IGNORED and stored.get(k) != current.get(k))
+    if diff:
+      raise ValueError(f"{workdir} holds a run with a different config (fields {diff}); use a new "
+                       "--workdir or the same config")
+  else:
+    _json_dump(path, current)
+
+
+def validate_config(config):
+  """Checks values a typo could break (unknown fields are refused by ml_collections itself)."""
+  if config.stage not in ("prune", "retrain", "all"):
+    raise ValueError(f"config.stage={config.stage!r}: expected 'prune', 'retrain' or 'all'")
+  if config.eval.selection_metric.split("@")[0] not in evaluation.METRICS or int(
+      config.eval.selection_metric.split("@")[1]) not in config.eval.ks:
+    raise ValueError(f"config.eval.selection_metric={config.eval.selection_metric!r} must be one of "
+                     f"{evaluation.METRICS} @ a K in config.eval.ks={config.eval.ks}")
+  if config.eval.selection_split == "valid" and config.data.valid_fraction <= 0:
+    raise ValueError("config.eval.selection_split='valid' needs config.data.valid_fraction > 0")
+  if config.model.embedding == "cerp":
+    pruning.budgets(config.target_sparsities, 2 * config.model.bucket_size * config.model.dim)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs the stages ``config.stage`` asks for ('prune' | 'retrain' | 'all') in ``workdir``.
+
+  Resumes automatically from checkpoints there. Returns ``{tag: result}`` of the retrained runs.
+
+  Raises:
+    DataError, BucketSizeError, CheckpointError, ValueError: bad data, bucket size, checkpoints or
+      config values (before anything is written for config errors).
+  """
+  validate_config(config)
+  data = data_lib.load_interactions(config)
+  if config.model.embedding == "cerp":
+    emb_lib.check_bucket_size(data.num_entities, config.model.bucket_size)
+  os.makedirs(workdir, exist_ok=True)
+  _check_workdir_config(config, workdir)
+  logging.info("devices: %s", jax.devices())
+  results = {}
+  if config.model.embedding == "full":
+    if config.stage in ("retrain", "all"):
+      results["full"] = retrain_stage(config, data, workdir, None)
+    return results
+  if config.stage in ("prune", "all"):
+    prune_stage(config, data, workdir)
+  if config.stage in ("retrain", "all"):
+    ps, summary = load_prune_results(config, data, workdir)
+    for i, s in enumerate(sorted(config.target_sparsities)):
+      if not bool(ps.reached[i]):
+        logging.warning("retrain: skipping target %.4f (not reached in stage 1)", s)
+        continue
+      results[target_tag(s)] = retrain_stage(config, data, workdir, s, ps, summary)
+  return results

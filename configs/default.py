@@ -1,0 +1,110 @@
+"""Project defaults (DECISIONS.md): the spec's model, optimizer and pruning values plus cerp_jax's
+improvements (resampled negatives, a validation split, selection on validation NDCG@20).
+
+Presets: ``--config=configs/<x>.py:parity`` reproduces the original protocol (fixed negatives, the
+original's epoch, no validation split, test NDCG@5 selection, per-metric maxima); ``:full`` trains the
+uncompressed full table with the same code (the reference). Arguments combine with commas
+(``:parity,full``).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str = ""):
+  c = ml_collections.ConfigDict()
+  c.seed = 3407                  # spec §4.3 (CERP); the retrain sampler uses seed + 1.
+  c.stage = "all"                # 'prune' | 'retrain' | 'all'.
+  c.progress_bar = True          # tqdm bars with ETA.
+  c.checkpoint_every_steps = 20_000  # also at every epoch end / evaluation.
+  c.target_sparsities = (0.5, 0.8)   # of the 2·b·d meta-table entries; budget int((1−s)·2bd).
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "gowalla"
+  c.data.format = "lightgcn"     # 'lightgcn' (train.txt/test.txt) | 'ml100k' (raw u.data).
+  c.data.path = "gowalla"        # folder under the data root, or absolute.
+  c.data.root = ""               # '' → $CERP_DATA_DIR, else ../shared/data.
+  c.data.loader = "text"         # 'text' (plain reader) | 'tfds' (array_record builder).
+  c.data.tfds_data_dir = ""      # '' → $TFDS_DATA_DIR or TFDS's default.
+  c.data.num_users = 0           # 0 → user_list.txt, else max id + 1.
+  c.data.num_items = 0           # 0 → item_list.txt, else max id + 1.
+  c.data.valid_fraction = 0.1    # per-user share of train held out for selection (0 = none).
+  c.data.valid_min_items = 3     # users with fewer train items keep all in train.
+  c.data.test_fraction = 0.2     # ml100k only: per-user test share.
+  c.data.split_seed = 2023
+
+  c.model = ml_collections.ConfigDict()
+  c.model.embedding = "cerp"     # 'cerp' | 'full'.
+  c.model.backbone = "mf"        # 'mf' | 'mlp' (spec §4.4).
+  c.model.dim = 128              # d.
+  c.model.bucket_size = 1000     # b (rows of P and Q); needs ceil(N/b) ≤ b.
+  c.model.combine = "sum"        # 'sum' (paper) | 'concat'.
+  c.model.threshold_type = "element-wise"  # | 'global'.
+  c.model.threshold_init = -100.0          # spec §2.
+  c.model.threshold_init_method = "all_ones"
+  c.model.full_init = "normal"   # full table: N(0, std²) | 'xavier_uniform'.
+  c.model.full_init_std = 0.1
+  c.model.mlp_num_layers = 3
+  c.model.mlp_dropout = 0.0
+  c.model.mlp_eval_item_chunk = 2048
+
+  c.sampling = ml_collections.ConfigDict()
+  c.sampling.mode = "resample"   # 'resample' each epoch | 'fixed' once (original).
+  c.sampling.epoch = "positives" # 'positives' (all train positives) | 'parity' (original's draws).
+
+  c.prune = ml_collections.ConfigDict()  # stage 1 (spec §3, §4.1–4.3, §5).
+  c.prune.groups_per_step = 10   # (user, positive) groups per step; 10 × 6 = 60 rows.
+  c.prune.num_negatives = 5      # K.
+  c.prune.eta = 100.0            # η of −Σ tanh²(η·e).
+  c.prune.gamma_init = 1.0
+  c.prune.gamma_decay = 0.5      # γ_e = γ_0 · decay^epoch.
+  c.prune.l2_penalty = 0.0
+  c.prune.lr = 1e-3
+  c.prune.weight_decay = 1e-5    # coupled (added to the gradient before Adam).
+  c.prune.grad_clip = 100.0
+  c.prune.max_epochs = 50
+  c.prune.steps_per_block = 1000 # steps fused in one compiled scan.
+
+  c.retrain = ml_collections.ConfigDict()  # stage 2 and the full-table reference.
+  c.retrain.groups_per_step = 2048  # MF: 2048 (user, pos, neg) triples (DECISIONS.md).
+  c.retrain.num_negatives = 1
+  c.retrain.l2_penalty = 5e-5    # 1e-4 × ½ (LightGCN-PyTorch's decay × ½‖·‖²).
+  c.retrain.lr = 1e-3
+  c.retrain.weight_decay = 0.0
+  c.retrain.grad_clip = 0.0
+  c.retrain.max_epochs = 300
+  c.retrain.steps_per_block = 64
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.ks = (5, 10, 20, 50)
+  c.eval.batch_size = 1024       # users per scoring batch.
+  c.eval.user_sample = 0         # 0 = all users; else a seeded sample (NCF-MLP on CPU).
+  c.eval.test_user_sample = 0
+  c.eval.sample_seed = 0
+  c.eval.selection_split = "valid"
+  c.eval.selection_metric = "ndcg@20"
+  c.eval.every_epochs = 5
+  c.eval.eval_at_epoch_zero = False  # parity: evaluate after epochs 0, 5, 10, …
+  c.eval.patience = 5            # evaluations without improvement before stopping.
+  c.eval.report = "best"         # 'best' checkpoint | 'per_metric_max' (original).
+
+  for a in [a for a in (arg or "").split(",") if a]:
+    if a == "parity":
+      apply_parity(c)
+    elif a == "full":
+      c.model.embedding = "full"
+    else:
+      raise ValueError(f"unknown config argument {a!r}: expected 'parity' and/or 'full'")
+  return c
+
+
+def apply_parity(c):
+  """The original's protocol (DECISIONS.md, Presets; spec §4.1, §6)."""
+  c.sampling.mode = "fixed"
+  c.sampling.epoch = "parity"
+  c.data.valid_fraction = 0.0
+  c.eval.selection_split = "test"
+  c.eval.selection_metric = "ndcg@5"
+  c.eval.eval_at_epoch_zero = True
+  c.eval.patience = 3
+  c.eval.report = "per_metric_max"
+  return c

@@ -1,0 +1,186 @@
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cerp_jax import checkpoint as ckpt_lib
+from cerp_jax import data as D
+from cerp_jax import embeddings as E
+from cerp_jax import models
+from cerp_jax import train as T
+from conftest import REPO
+
+
+def _prune_outputs(workdir):
+  with open(os.path.join(workdir, "prune", "summary.json")) as f:
+    summary = json.load(f)
+  return summary
+
+
+def test_prune_snapshots_exact_across_block_sizes(test_config, tmp_path):
+  """Snapshots are captured inside the fused loop: block size must not change step or tables."""
+  test_config.stage = "prune"
+  outs = []
+  for spb in (1, 7, 64):
+    c = test_config.copy_and_resolve_references()
+    c.prune.steps_per_block = spb
+    wd = str(tmp_path / f"spb{spb}")
+    T.train_and_evaluate(c, wd)
+    data = D.load_interactions(c)
+    ps, summary = T.load_prune_results(c, data, wd)
+    outs.append((summary, ps))
+  for summary, ps in outs[1:]:
+    assert [t["step"] for t in summary["targets"]] == [t["step"] for t in outs[0][0]["targets"]]
+    for k in ps.snapshots:
+      np.testing.assert_array_equal(ps.snapshots[k], outs[0][1].snapshots[k])
+  summary, ps = outs[0]
+  assert all(t["reached"] for t in summary["targets"])
+  for i, t in enumerate(summary["targets"]):
+    nnz = sum(int(np.count_nonzero(ps.snapshots[k][i])) for k in ps.snapshots)
+    assert nnz == t["nonzeros"] <= t["budget"] < summary["num_entries"]
+  # the step-0 tables are the untouched initial values (not soft-thresholded)
+  assert np.count_nonzero(ps.initial["P"]) == ps.initial["P"].size
+
+
+class _Killed(Exception):
+  pass
+
+
+@pytest.mark.parametrize("kill_at_save", [2, 9])
+def test_resume_continues_exactly(test_config, tmp_path, monkeypatch, kill_at_save):
+  """N steps straight == k steps, kill, restore, N − k steps (prune and retrain)."""
+  straight = str(tmp_path / "straight")
+  T.train_and_evaluate(test_config.copy_and_resolve_references(), straight)
+
+  c = test_config.copy_and_resolve_references()
+  c.checkpoint_every_steps = 40
+  resumed = str(tmp_path / "resumed")
+  real_save = ckpt_lib.CheckpointStore.save
+  calls = {"n": 0}
+
+  def flaky_save(self, *a, **kw):
+    out = real_save(self, *a, **kw)
+    calls["n"] += 1
+    if calls["n"] == kill_at_save:
+      raise _Killed()
+    return out
+
+  monkeypatch.setattr(ckpt_lib.CheckpointStore, "save", flaky_save)
+  with pytest.raises(_Killed):
+    T.train_and_evaluate(c, resumed)
+  monkeypatch.setattr(ckpt_lib.CheckpointStore, "save", real_save)
+  T.train_and_evaluate(c, resumed)
+
+  assert _prune_outputs(straight)["targets"] == _prune_outputs(resumed)["targets"]
+  for tag in os.listdir(os.path.join(straight, "retrain")):
+    a = json.load(open(os.path.join(straight, "retrain", tag, "result.json")))
+    b = json.load(open(os.path.join(resumed, "retrain", tag, "result.json")))
+    assert a["history"] == b["history"] and a["test"]["ndcg@20"] == b["test"]["ndcg@20"]
+    assert a["best_epoch"] == b["best_epoch"] and a["steps"] == b["steps"]
+
+
+def test_block_fn_traces_once(test_config):
+  data = D.load_interactions(test_config)
+  model = T.build_model(test_config, data, E.PRUNE)
+  tx = T.make_optimizer(test_config.prune)
+  sc = T.StepConfig(eta=100.0, gamma_init=1.0, gamma_decay=0.5, l2_penalty=0.0, prune=True)
+  fn = T.make_block_fn(model, tx, sc)
+  variables = T.init_variables(model, 0, 6)
+  params = variables["params"]
+  from cerp_jax import pruning
+  tables = model.apply(variables, method=models.Recommender.tables)
+  state = T.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={}, masks={},
+                       opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(0)),
+                       prune=pruning.init_prune_state(np.array([10, 5]), tables,
+                                                      {k: jnp.copy(params["embedding"][k])
+                                                       for k in ("P", "Q")}))
+  from cerp_jax import sampler as S
+  s = S.BPRSampler(data.train, 5, seed=0)
+  for epoch in range(2):
+    blocks, _ = S.to_steps(*s.epoch(epoch), 10, 8)
+    for i in range(blocks["users"].shape[0]):
+      state, _ = fn(state, {k: v[i] for k, v in blocks.items()}, jnp.int32(epoch))
+  assert fn._cache_size() == 1
+
+
+def test_bucket_collision_refused_before_writing(test_config, tmp_path):
+  test_config.model.bucket_size = 4  # N = 140 needs b ≥ 12
+  wd = tmp_path / "never"
+  with pytest.raises(E.BucketSizeError, match="smallest valid b is 12"):
+    T.train_and_evaluate(test_config, str(wd))
+  assert not wd.exists()
+
+
+def test_bad_config_values(test_config, tmp_path):
+  test_config.stage = "pruen"
+  with pytest.raises(ValueError, match="config.stage='pruen'"):
+    T.train_and_evaluate(test_config, str(tmp_path / "x"))
+
+
+def test_unknown_config_field_refused(tmp_path):
+  r = subprocess.run([sys.executable, "train.py", "--config=configs/test.py",
+                      "--config.model.bucket_sise=3", f"--workdir={tmp_path / 'w'}"], cwd=REPO,
+                     capture_output=True, text=True, timeout=120)
+  assert r.returncode != 0
+  assert "bucket_sise" in r.stderr
+  assert not (tmp_path / "w").exists()
+
+
+def test_workdir_with_other_config_refused(test_config, tmp_path):
+  test_config.stage = "prune"
+  T.train_and_evaluate(test_config, str(tmp_path / "w"))
+  test_config.model.dim = 4
+  with pytest.raises(ValueError, match="different config"):
+    T.train_and_evaluate(test_config, str(tmp_path / "w"))
+
+
+def test_corrupt_checkpoint_clear_error(test_config, tmp_path):
+  test_config.stage = "prune"
+  wd = tmp_path / "w"
+  T.train_and_evaluate(test_config, str(wd))
+  ck = wd / "prune" / "checkpoints"
+  latest = max(int(p.name) for p in ck.iterdir() if p.name.isdigit())
+  for root, _, files in os.walk(ck / str(latest) / "state"):
+    for f in files:
+      p = os.path.join(root, f)
+      with open(p, "wb") as fh:
+        fh.write(b"\0garbage")
+  data = D.load_interactions(test_config)
+  with pytest.raises(ckpt_lib.CheckpointError, match="cannot restore checkpoint"):
+    T.load_prune_results(test_config, data, str(wd))
+
+
+def test_retrain_without_stage1_clear_error(test_config, tmp_path):
+  test_config.stage = "retrain"
+  with pytest.raises(ckpt_lib.CheckpointError, match="no stage-1 checkpoint"):
+    T.train_and_evaluate(test_config, str(tmp_path / "w"))
+
+
+def test_mlp_backbone_trains_and_never_nans(test_config, tmp_path):
+  test_config.model.backbone = "mlp"
+  test_config.retrain.groups_per_step = 10
+  test_config.retrain.num_negatives = 5
+  test_config.prune.max_epochs = 3
+  test_config.target_sparsities = (0.05,)
+  out = T.train_and_evaluate(test_config, str(tmp_path / "w"))
+  r = out["sparsity_0.0500"]
+  assert np.isfinite(r["test"]["ndcg@20"])
+  # a fully pruned pair gives input 0, never NaN
+  mlp = models.NCFMLP()
+  z = jnp.zeros((3, 8))
+  v = mlp.init(jax.random.key(0), z, z)
+  s = mlp.apply(v, z, z)
+  assert np.all(np.isfinite(s))
+
+
+def test_mlp_parameter_count_matches_original():
+  mlp = models.NCFMLP()
+  z = jnp.zeros((2, 128))
+  v = mlp.init(jax.random.key(0), z, z)
+  n = sum(x.size for x in jax.tree_util.tree_leaves(v["params"]))
+  assert n == 2_765_313  # spec §4.4 (Linear + BatchNorm affine)

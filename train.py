@@ -1,0 +1,38 @@
+"""Trains CERP (stage 1 prune + stage 2 retrain) or a full-table reference.
+
+  python train.py --config=configs/gowalla_mf.py --workdir=runs/gowalla_mf
+  python train.py --config=configs/gowalla_mf.py --workdir=runs/x --config.stage=prune
+  python train.py --config=configs/gowalla_mf.py:full --workdir=runs/gowalla_mf_full
+
+Rerunning the same command resumes from the checkpoints in --workdir.
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from cerp_jax import train as train_lib
+from cerp_jax import logs
+from cerp_jax import report
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
+  logs.setup()
+  logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
+               jax.local_devices())
+  results = train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  if results:
+    print(report.training_table(results))
+
+
+if __name__ == "__main__":
+  app.run(main)
