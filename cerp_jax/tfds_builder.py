@@ -2,18 +2,21 @@
 
 The builder :class:`LightgcnInteractions` (registered in TFDS as ``lightgcn_interactions``) turns a
 LightGCN folder (``train.txt``/``test.txt``, optional ``user_list.txt``/``item_list.txt``) into a TFDS
-dataset with one example per (user, item) interaction, in file order:
+dataset with one example per non-blank line of the source file (one user and that user's items), in
+file order:
 
-  * features: ``user`` (int64), ``item`` (int64), ``line`` (int64, the 1-based source line, so errors
-    found downstream can still name the line);
+  * features: ``user`` (int64 scalar), ``items`` (int64 ``[k]``, ``k >= 0``: a line holding only a
+    user id gives an empty array), ``line`` (int64, the 1-based source line, so errors found
+    downstream can still name the line); blank lines hold no user and give no example;
   * splits: ``train`` and ``test``;
-  * file format: ``array_record`` (random access through ``tfds.data_source`` /
-    ``builder.as_data_source()``, which work without TensorFlow);
+  * file format: ``array_record``, written by TFDS's standard ``GeneratorBasedBuilder`` path and read
+    back through ``tfds.data_source`` / ``builder.as_data_source()`` (TFDS's own numpy decoding; no
+    TensorFlow involved);
   * metadata (``builder.info.metadata``, a ``tfds.core.MetadataDict`` saved as ``metadata.json``):
     ``num_users``/``num_items`` (from ``user_list.txt``/``item_list.txt`` when present, else max id + 1,
     as :func:`cerp_jax.data.load_lightgcn` settles them without config overrides), the list counts and
     max ids separately (so config overrides can be settled the same way on load), the source paths,
-    line counts and a SHA-256 fingerprint of the source files.
+    line, example and pair counts, and a SHA-256 fingerprint of the source files.
 
 Builder configs: ``gowalla``, ``amazon_book_kgat``, ``ml1m_m1`` (plus a generic config built on the fly
 for any other folder, see :func:`config_for`). Files come from the manual dir
@@ -32,13 +35,14 @@ Typical use::
   from cerp_jax import tfds_builder
   train, test, nu, ni, source = tfds_builder.load_pairs("/work/shared/data/gowalla", "gowalla")
 
-or, through TFDS directly::
+or, through TFDS directly (one dict per user line)::
 
   import tensorflow_datasets as tfds
   ds = tfds.data_source(
       "lightgcn_interactions/gowalla", split="train", data_dir="/tmp/tfds",
       download_and_prepare_kwargs=dict(download_config=tfds.download.DownloadConfig(
           manual_dir="/work/shared/data/gowalla")))
+  ds[0]  # {"user": 0, "items": array([...]), "line": 1}
 """
 
 from __future__ import annotations
@@ -72,14 +76,7 @@ PROBE_TIMEOUT_S = 4.0
 # Files of a LightGCN folder, in the order they are fingerprinted and downloaded.
 SOURCE_FILES = ("train.txt", "test.txt", "user_list.txt", "item_list.txt")
 
-# Records parsed per vectorised batch when reading.
-_PARSE_BATCH = 1 << 18
-
-# Upper bound on the serialized bytes of one array_record shard written by the fast path.
-_MAX_SHARD_BYTES = 1 << 30
-
-# Feature names, in the order the fast writer serializes them (sorted).
-_KEYS = ("item", "line", "user")
+SPLITS = ("train", "test")
 
 
 class DownloadError(data.DataError):
@@ -124,8 +121,144 @@ _ALIASES = {
 }
 
 
+# ----------------------------------------------------------------------------------------------
+# Source files -> one record per user line
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitLines:
+  """One LightGCN file as user lines: what a split's examples hold.
+
+  Attributes:
+    path: the source file (str).
+    num_lines: lines in the file, blank ones included (int).
+    users: int64 ``[m]``, the user id of each non-blank line, in file order.
+    lines: int64 ``[m]``, the 1-based line number of each of those lines (increasing).
+    offsets: int64 ``[m + 1]``; line ``k`` holds ``items[offsets[k]:offsets[k + 1]]`` (possibly none).
+    items: int64 ``[n]``, all items of the file in file order (``n`` pairs).
+  """
+
+  path: str
+  num_lines: int
+  users: np.ndarray
+  lines: np.ndarray
+  offsets: np.ndarray
+  items: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.users)
+
+  @classmethod
+  def from_pairs(cls, pairs: data.Pairs) -> "SplitLines":
+    """Groups the pairs :func:`cerp_jax.data.read_lightgcn_file` read from ``pairs.path`` by line.
+
+    ``Pairs`` drop the lines that hold a user but no item; those users are taken from the first
+    token of every non-blank line of the (already validated) file.
+
+    Args:
+      pairs: the file's pairs, as read by :func:`cerp_jax.data.read_lightgcn_file`.
+
+    Returns:
+      The file's user lines.
+
+    Raises:
+      cerp_jax.data.DataError: the file no longer matches ``pairs`` (it changed while being read).
+    """
+    users, lines = [], []
+    num_lines = 0
+    with open(pairs.path, "r", encoding="utf-8") as f:  # as read_lightgcn_file reads it
+      for lineno, text in enumerate(f, start=1):
+        num_lines = lineno
+        head = text.split(None, 1)
+        if head:
+          users.append(int(head[0]))
+          lines.append(lineno)
+    users_a = np.asarray(users, np.int64)
+    lines_a = np.asarray(lines, np.int64)
+    offsets = np.append(np.searchsorted(pairs.lines, lines_a, side="left"),
+                        len(pairs.items)).astype(np.int64)
+    counts = np.diff(offsets)
+    if (num_lines != pairs.num_lines or not np.array_equal(np.repeat(lines_a, counts), pairs.lines)
+        or not np.array_equal(np.repeat(users_a, counts), pairs.users)):
+      raise data.DataError(f"{pairs.path}: the file changed while being read; try again")
+    return cls(pairs.path, int(pairs.num_lines), users_a, lines_a, offsets,
+               np.asarray(pairs.items, np.int64))
+
+  def to_pairs(self) -> data.Pairs:
+    """The same file as :class:`cerp_jax.data.Pairs` (one entry per (user, item) pair)."""
+    counts = np.diff(self.offsets)
+    return data.Pairs(self.path, np.repeat(self.users, counts), self.items,
+                      np.repeat(self.lines, counts), self.num_lines)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+  """A validated LightGCN folder, ready to be written.
+
+  Attributes:
+    directory: the folder read.
+    fingerprint: :func:`source_fingerprint` of the folder, taken before reading it.
+    splits: ``{"train": SplitLines, "test": SplitLines}``.
+    metadata: what goes into ``builder.info.metadata`` (JSON-compatible values).
+  """
+
+  directory: pathlib.Path
+  fingerprint: str
+  splits: dict[str, SplitLines]
+  metadata: dict[str, Any]
+
+
+def read_source(directory: os.PathLike | str) -> Source:
+  """Reads and validates a LightGCN folder with :func:`cerp_jax.data.load_lightgcn`.
+
+  Args:
+    directory: folder holding ``train.txt``/``test.txt`` and optionally ``user_list.txt``/
+      ``item_list.txt``.
+
+  Returns:
+    The folder's :class:`Source`.
+
+  Raises:
+    cerp_jax.data.DataError: exactly as :func:`cerp_jax.data.load_lightgcn` (missing or empty file,
+      non-integer token, negative id, empty split), or a file changed while being read.
+  """
+  directory = pathlib.Path(directory)
+  fingerprint = source_fingerprint(directory)
+  # Same reader, same validation, same messages as the plain text loader.
+  train, test, _, _, _ = data.load_lightgcn(directory)
+  nu_list = data._count_from_list(directory / "user_list.txt")  # pylint: disable=protected-access
+  ni_list = data._count_from_list(directory / "item_list.txt")  # pylint: disable=protected-access
+  max_u = int(max(train.users.max(), test.users.max())) + 1
+  max_i = int(max(train.items.max(), test.items.max())) + 1
+  splits = {"train": SplitLines.from_pairs(train), "test": SplitLines.from_pairs(test)}
+  metadata = {
+      "source_dir": str(directory),
+      "source_sha256": fingerprint,
+      "num_users_from_list": nu_list,  # None when user_list.txt is absent
+      "num_items_from_list": ni_list,
+      "max_user_id_plus_one": max_u,
+      "max_item_id_plus_one": max_i,
+      "num_users": nu_list or max_u,
+      "num_items": ni_list or max_i,
+  }
+  for split, lines in splits.items():
+    metadata.update({
+        f"{split}_path": lines.path,
+        f"{split}_num_lines": lines.num_lines,
+        f"{split}_num_examples": len(lines),  # non-blank lines = user lines
+        f"{split}_num_pairs": int(len(lines.items)),
+    })
+  return Source(directory, fingerprint, splits, metadata)
+
+
+# ----------------------------------------------------------------------------------------------
+# The builder
+# ----------------------------------------------------------------------------------------------
+
+
 class LightgcnInteractions(tfds.core.GeneratorBasedBuilder):
-  """LightGCN-format (user, item) interactions, one example per pair, stored as array_record.
+  """LightGCN-format interactions, one example per user line, stored as array_record.
 
   Construct with ``config=`` one of the names in ``BUILDER_CONFIGS`` (or a :class:`LightGCNConfig`
   from :func:`config_for`) and prepare with ``download_and_prepare(download_config=
@@ -137,12 +270,14 @@ class LightgcnInteractions(tfds.core.GeneratorBasedBuilder):
     DownloadError: no ``train.txt`` in the manual dir and the public copy could not be fetched.
   """
 
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release: user, item, line features; train/test splits."}
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "Initial release: one example per interaction (user, item, line).",
+      "2.0.0": "One example per user line (user, items, line); written by the standard "
+               "GeneratorBasedBuilder path.",
+  }
   BUILDER_CONFIGS = [GOWALLA, AMAZON_BOOK_KGAT, ML1M_M1]
   DEFAULT_CONFIG_NAME = "gowalla"
-  # Write array_record shards with the vectorised serializer (see _generate_splits).
-  FAST_WRITE = True
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Pass the dataset folder itself (the one holding train.txt and test.txt, and optionally
   user_list.txt / item_list.txt) as the manual dir, e.g.
@@ -151,106 +286,77 @@ class LightgcnInteractions(tfds.core.GeneratorBasedBuilder):
   LightGCN-PyTorch repository when online.
   """
 
-  def __init__(self, *, file_format: Any = "array_record", **kwargs: Any):
+  def __init__(self, *, file_format: Any = "array_record", source: Optional[Source] = None,
+               **kwargs: Any):
     """Builder with ``array_record`` as the default file format (random access, no TensorFlow).
 
     Args:
       file_format: TFDS file format; keep ``"array_record"`` for :meth:`as_data_source`.
+      source: optional, an already validated :func:`read_source` result for the manual dir; when it
+        matches the manual dir (path and fingerprint) it is written as is instead of read again,
+        so what was validated before an old copy got replaced is exactly what gets written.
       **kwargs: forwarded to ``tfds.core.GeneratorBasedBuilder`` (``data_dir``, ``config``, …).
     """
     super().__init__(file_format=file_format, **kwargs)
+    self._validated_source = source
+    self._requested_manual_dir: Optional[str] = None
 
   def _info(self) -> tfds.core.DatasetInfo:
-    scalar = lambda doc: tfds.features.Scalar(dtype=np.int64, doc=doc)
     # DatasetInfo directly, not dataset_info_from_configs(): that one would adopt any README.md /
     # CITATIONS.bib lying in this package's folder as the dataset's description / citation.
     return tfds.core.DatasetInfo(
         builder=self,
-        description=("Implicit-feedback (user, item) interactions in LightGCN text format, one "
-                     "example per interaction, in file order."),
+        description=("Implicit-feedback interactions in LightGCN text format: one example per "
+                     "non-blank line (a user and that user's items), in file order."),
         features=tfds.features.FeaturesDict({
-            "user": scalar("0-based user id"),
-            "item": scalar("0-based item id"),
-            "line": scalar("1-based line of the source file holding the pair"),
+            "user": tfds.features.Scalar(dtype=np.int64, doc="0-based user id of the line"),
+            "items": tfds.features.Tensor(
+                shape=(None,), dtype=np.int64,
+                doc="0-based item ids of the line, in file order (may be empty)"),
+            "line": tfds.features.Scalar(dtype=np.int64, doc="1-based line in the source file"),
         }),
         homepage="https://github.com/gusye1234/LightGCN-PyTorch",
         metadata=tfds.core.MetadataDict(),
-        disable_shuffling=True,  # keep file order
+        disable_shuffling=True,  # keep file order (examples are keyed by line number)
     )
 
-  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
-    """Standard TFDS path (``FAST_WRITE = False``): one generator per split."""
-    split_pairs = self._read_sources(dl_manager)
-    return {split: self._generate_examples(pairs) for split, pairs in split_pairs.items()}
+  def download_and_prepare(self, *, download_config: Optional[
+      tfds.download.DownloadConfig] = None, **kwargs: Any) -> None:
+    """``GeneratorBasedBuilder.download_and_prepare``, remembering the manual dir for messages.
 
-  def _generate_examples(self, pairs: data.Pairs) -> Iterator[tuple[int, dict[str, int]]]:
-    users, items, lines = pairs.users.tolist(), pairs.items.tolist(), pairs.lines.tolist()
-    for k, (u, i, l) in enumerate(zip(users, items, lines)):
-      yield k, {"user": u, "item": i, "line": l}
-
-  def _generate_splits(self, dl_manager: tfds.download.DownloadManager,
-                       download_config: tfds.download.DownloadConfig):
-    """Writes the splits; with ``FAST_WRITE`` serializes them vectorised instead of per example.
-
-    TFDS's generic path encodes, serializes and shuffle-buckets every example in Python (about
-    30 us each: ~30 s for ML-1M's 0.9M interactions on one core). The fast path serializes the
-    same examples vectorised (:func:`serialize_pairs`; the tests check that TFDS decodes both
-    paths' records identically), writes them in file order to the array_record shards through
-    TFDS's own ``ExampleWriter`` and returns the same ``SplitInfo`` objects. It applies to
-    array_record output without ``max_examples_per_split``; anything else takes TFDS's generic path.
-    """
-    file_format = self.info.file_format
-    if (not self.FAST_WRITE or download_config.max_examples_per_split is not None
-        or file_format != tfds.core.FileFormat.ARRAY_RECORD):
-      return super()._generate_splits(dl_manager, download_config)
-    split_infos = []
-    for split, pairs in self._read_sources(dl_manager).items():
-      template = self._get_filename_template(split_name=split)
-      records, num_bytes = serialize_pairs(pairs)
-      num_shards = max(1, -(-num_bytes // _MAX_SHARD_BYTES))
-      bounds = np.linspace(0, len(records), num_shards + 1).astype(np.int64)
-      writer = self._example_writer()
-      for shard in range(num_shards):
-        lo, hi = int(bounds[shard]), int(bounds[shard + 1])
-        path = template.sharded_filepath(shard_index=shard, num_shards=num_shards)
-        writer.write(path, zip(range(lo, hi), records[lo:hi]))
-      split_infos.append(tfds.core.SplitInfo(
-          name=split, shard_lengths=np.diff(bounds).tolist(), num_bytes=num_bytes,
-          filename_template=template))
-    return split_infos
-
-  def _read_sources(self, dl_manager: tfds.download.DownloadManager) -> dict[str, data.Pairs]:
-    """Reads and validates the source files and records the counts in ``info.metadata``.
-
-    Returns:
-      ``{"train": Pairs, "test": Pairs}`` as read by :func:`cerp_jax.data.load_lightgcn`.
+    Args:
+      download_config: as for TFDS; ``manual_dir`` is the LightGCN folder.
+      **kwargs: forwarded.
 
     Raises:
-      cerp_jax.data.DataError: as :func:`cerp_jax.data.load_lightgcn`.
+      cerp_jax.data.DataError: see the class docstring.
+      DownloadError: see the class docstring.
+    """
+    self._requested_manual_dir = (
+        os.fspath(download_config.manual_dir)
+        if download_config is not None and download_config.manual_dir else None)
+    super().download_and_prepare(download_config=download_config, **kwargs)
+
+  def _split_generators(self, dl_manager: tfds.download.DownloadManager):
+    """Reads and validates the source, records the counts in ``info.metadata``; one generator a split.
+
+    Raises:
+      cerp_jax.data.DataError: as :func:`read_source`.
       DownloadError: the download fallback failed.
     """
     source_dir = self._source_dir(dl_manager)
-    # Same reader, same validation, same messages as the plain text loader.
-    train, test, _, _, _ = data.load_lightgcn(source_dir)
-    nu_list = data._count_from_list(source_dir / "user_list.txt")  # pylint: disable=protected-access
-    ni_list = data._count_from_list(source_dir / "item_list.txt")  # pylint: disable=protected-access
-    max_u = int(max(train.users.max(), test.users.max())) + 1
-    max_i = int(max(train.items.max(), test.items.max())) + 1
-    self.info.metadata.update({
-        "source_dir": str(source_dir),
-        "source_sha256": source_fingerprint(source_dir),
-        "train_path": train.path,
-        "test_path": test.path,
-        "train_num_lines": int(train.num_lines),
-        "test_num_lines": int(test.num_lines),
-        "num_users_from_list": nu_list,  # None when user_list.txt is absent
-        "num_items_from_list": ni_list,
-        "max_user_id_plus_one": max_u,
-        "max_item_id_plus_one": max_i,
-        "num_users": nu_list or max_u,
-        "num_items": ni_list or max_i,
-    })
-    return {"train": train, "test": test}
+    source = self._validated_source
+    if (source is None or source.directory.resolve() != source_dir.resolve()
+        or source.fingerprint != source_fingerprint(source_dir)):
+      source = read_source(source_dir)
+    self.info.metadata.update(source.metadata)
+    return {split: self._generate_examples(source.splits[split]) for split in SPLITS}
+
+  def _generate_examples(self, lines: SplitLines) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yields ``(line number, {"user": int, "items": int64 [k], "line": int})`` in file order."""
+    offsets = lines.offsets.tolist()
+    for k, (user, line) in enumerate(zip(lines.users.tolist(), lines.lines.tolist())):
+      yield line, {"user": user, "items": lines.items[offsets[k]:offsets[k + 1]], "line": line}
 
   def _source_dir(self, dl_manager: tfds.download.DownloadManager) -> pathlib.Path:
     """The folder to read: the manual dir when it holds train.txt, else a downloaded copy.
@@ -259,8 +365,7 @@ class LightgcnInteractions(tfds.core.GeneratorBasedBuilder):
       DownloadError: download needed and failed.
       cerp_jax.data.DataError: no manual files and no public copy for this config.
     """
-    # The configured folder, for messages only (TFDS's public property raises when it is empty).
-    configured = getattr(dl_manager, "_manual_dir", None)
+    configured = self._requested_manual_dir  # for messages (TFDS raises when it is empty)
     try:
       manual: Optional[pathlib.Path] = pathlib.Path(os.fspath(dl_manager.manual_dir))
     except AssertionError:  # TFDS: manual dir not set, missing or empty
@@ -404,9 +509,12 @@ def prepare(directory: os.PathLike | str, name: str = "",
   """Prepares (if needed) the TFDS dataset for a LightGCN folder and returns a builder to read it.
 
   An already prepared dataset is reused when its recorded source fingerprint matches the files now
-  in ``directory`` and regenerated otherwise (so a changed folder, or another folder under the same
-  config name, never serves stale data). When ``directory`` holds no ``train.txt`` the prepared data
-  is reused as is (downloaded datasets), else downloaded if the config has a public copy.
+  in ``directory``, and regenerated otherwise (so a changed folder, or another folder under the
+  same config name, never serves stale data). The new files are read and validated *before* the
+  old prepared copy is replaced: when they are malformed the DataError comes out and the old copy
+  stays as it was (TFDS itself writes into a temporary folder and renames it when complete, so no
+  half-written dataset is ever left either). When ``directory`` holds no ``train.txt`` the prepared
+  data is reused as is (downloaded datasets), else downloaded if the config has a public copy.
 
   Args:
     directory: the LightGCN folder (the manual dir).
@@ -429,173 +537,57 @@ def prepare(directory: os.PathLike | str, name: str = "",
     data.read_lightgcn_file(directory / "train.txt")  # raises the plain loader's "file not found"
   data_dir = os.fspath(tfds_data_dir) if tfds_data_dir else (os.environ.get("TFDS_DATA_DIR") or None)
   builder = LightgcnInteractions(config=config, data_dir=data_dir)
-  mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
-  if has_files and builder.is_prepared():
-    stored = builder.info.metadata.get("source_sha256")
-    if stored != source_fingerprint(directory):
+  prepared = builder.is_prepared()
+  if prepared and not has_files:
+    return builder
+  manual_dir = directory.expanduser().absolute()
+  source = None
+  if has_files:
+    if prepared and builder.info.metadata.get("source_sha256") == source_fingerprint(directory):
+      return builder
+    source = read_source(manual_dir)  # raises here, before TFDS deletes any old copy
+    if prepared:
       logging.info("%s: prepared data at %s came from other files (%s); regenerating from %s",
                    config.name, builder.data_dir, builder.info.metadata.get("source_dir"), directory)
-      mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
-  if mode != tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS or not builder.is_prepared():
-    start = time.perf_counter()
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-        manual_dir=os.fspath(directory.expanduser().absolute()), download_mode=mode))
-    logging.info("%s: prepared in %.1f s at %s", config.name, time.perf_counter() - start,
-                 builder.data_dir)
-    builder = LightgcnInteractions(config=config, data_dir=data_dir)  # re-read info from disk
-  return builder
+  mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if prepared  # replaces the old copy
+          else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  start = time.perf_counter()
+  LightgcnInteractions(config=config, data_dir=data_dir, source=source).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(manual_dir=os.fspath(manual_dir),
+                                                   download_mode=mode))
+  logging.info("%s: prepared in %.1f s at %s", config.name, time.perf_counter() - start,
+               builder.data_dir)
+  return LightgcnInteractions(config=config, data_dir=data_dir)  # reads the new info from disk
 
 
-def serialize_pairs(pairs: data.Pairs) -> tuple[list[bytes], int]:
-  """Serializes pairs as TFDS ``tf.train.Example`` records, vectorised.
+def read_split(builder: tfds.core.DatasetBuilder, split: str) -> SplitLines:
+  """Reads one split of a prepared builder, in file order, through ``builder.as_data_source()``.
 
-  Each record is ``Example{features{feature: item, line, user}}`` with one packed int64 per feature,
-  keys in sorted order: the encoding TFDS's ``ExampleSerializer`` produces for this feature spec, up
-  to the order of the map entries (which protobuf leaves unspecified). TFDS decodes both the same
-  (checked in the tests).
-
-  Args:
-    pairs: ``users``/``items``/``lines`` int64 ``[n]``, all >= 0.
-
-  Returns:
-    ``(records, num_bytes)``: ``n`` serialized records (``bytes``) in order, and their total size.
-  """
-  columns = {"item": pairs.items, "line": pairs.lines, "user": pairs.users}
-  n = len(pairs.users)
-  encoded = {k: _varints(np.asarray(columns[k], np.int64)) for k in _KEYS}
-  rec_len = 2 + sum(14 + nv for _, nv in encoded.values())
-  ends = np.cumsum(rec_len)
-  starts = ends - rec_len
-  buf = np.zeros(int(ends[-1]) if n else 0, np.uint8)
-  buf[starts] = 0x0A  # Example.features
-  buf[starts + 1] = rec_len - 2
-  p = starts + 2
-  for key in _KEYS:
-    vbytes, nv = encoded[key]
-    header = np.empty((n, 14), np.uint8)
-    # map entry: tag, len; key: tag, len, 4 bytes; value Feature: tag, len; int64_list: tag, len;
-    # packed value: tag, len; then the varint.
-    header[:] = [0x0A, 0, 0x0A, len(key), *key.encode(), 0x12, 0, 0x1A, 0, 0x0A, 0]
-    header[:, 1] = 12 + nv
-    header[:, 9] = 4 + nv
-    header[:, 11] = 2 + nv
-    header[:, 13] = nv
-    buf[p[:, None] + np.arange(14)] = header
-    mask = np.arange(10) < nv[:, None]
-    buf[((p + 14)[:, None] + np.arange(10))[mask]] = vbytes[mask]
-    p = p + 14 + nv
-  blob = buf.tobytes()
-  records = [blob[a:b] for a, b in zip(starts.tolist(), ends.tolist())]
-  return records, len(blob)
-
-
-def _varints(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-  """Protobuf varint encoding of non-negative int64 ``[n]``: ``(bytes [n, 10] uint8, length [n])``."""
-  u = values.astype(np.uint64)
-  nv = np.ones(len(u), np.int64)
-  for j in range(1, 10):
-    nv += u >= np.uint64(1 << (7 * j))
-  out = np.empty((len(u), 10), np.uint8)
-  for j in range(10):
-    byte = (u >> np.uint64(7 * j)) & np.uint64(0x7F)
-    out[:, j] = byte.astype(np.uint8) | ((j < nv - 1).astype(np.uint8) << 7)
-  return out, nv
-
-
-def _parse_records(records: list[bytes]) -> Optional[dict[str, np.ndarray]]:
-  """Vectorised parse of serialized ``Example`` records holding the three int64 features.
-
-  Handles the layout :func:`serialize_pairs` writes and the one TFDS's own serializer writes: one
-  packed int64 per feature, the three map entries in any order (protobuf does not fix map order).
-
-  Returns:
-    ``{"item", "line", "user": int64 [n]}``, or None when any record deviates from that layout (the
-    caller then falls back to the protobuf parser).
-  """
-  n = len(records)
-  lengths = np.fromiter(map(len, records), np.int64, n)
-  buf = np.frombuffer(b"".join(records) + bytes(96), np.uint8)
-  last = len(buf) - 1
-  starts = np.cumsum(lengths) - lengths
-  ok = (buf[starts] == 0x0A) & (buf[np.minimum(starts + 1, last)] == lengths - 2)
-  key_codes = np.array([list(k.encode()) for k in _KEYS], np.int16)  # [3, 4]
-  out = {k: np.zeros(n, np.int64) for k in _KEYS}
-  seen = np.zeros(n, np.int64)
-  shifts = (7 * np.arange(10)).astype(np.uint64)
-  p = starts + 2
-  for _ in _KEYS:  # one map entry per feature, in whatever order they were written
-    h = buf[np.minimum(p[:, None] + np.arange(14), last)].astype(np.int16)
-    nv = h[:, 13]
-    for j, e in ((0, 0x0A), (2, 0x0A), (3, 4), (8, 0x12), (10, 0x1A), (12, 0x0A)):
-      ok &= h[:, j] == e
-    ok &= (h[:, 1] == 12 + nv) & (h[:, 9] == 4 + nv) & (h[:, 11] == 2 + nv)
-    ok &= (nv >= 1) & (nv <= 10)
-    nv = np.clip(nv, 1, 10).astype(np.int64)
-    match = np.all(h[:, None, 4:8] == key_codes[None], axis=2)  # [n, 3]
-    ok &= match.sum(axis=1) == 1
-    kid = np.argmax(match, axis=1)
-    ok &= (seen & (1 << kid)) == 0
-    seen |= 1 << kid
-    vb = buf[np.minimum((p + 14)[:, None] + np.arange(10), last)].astype(np.uint64)
-    mask = np.arange(10) < nv[:, None]
-    more = (vb & np.uint64(0x80)) != 0
-    ok &= ~np.any(mask & (more != (np.arange(10) < (nv - 1)[:, None])), axis=1)
-    payload = np.where(mask, (vb & np.uint64(0x7F)) << shifts, np.uint64(0))
-    value = payload.sum(axis=1, dtype=np.uint64).astype(np.int64)
-    for k_index, key in enumerate(_KEYS):
-      rows = kid == k_index
-      out[key][rows] = value[rows]
-    p = p + 14 + nv
-  ok &= (p == starts + lengths) & (seen == (1 << len(_KEYS)) - 1)
-  if not ok.all() or (n and min(int(v.min()) for v in out.values()) < 0):
-    return None
-  return out
-
-
-def _parse_records_proto(records: list[bytes]) -> dict[str, np.ndarray]:
-  """Generic (slow) parse with TFDS's ``tf.train.Example`` proto, one record at a time."""
-  from tensorflow_datasets.proto import tf_example_pb2  # pylint: disable=g-import-not-at-top
-
-  columns = {k: [] for k in _KEYS}
-  for record in records:
-    feature = tf_example_pb2.Example.FromString(record).features.feature
-    for k in _KEYS:
-      columns[k].append(feature[k].int64_list.value[0])
-  return {k: np.asarray(v, np.int64) for k, v in columns.items()}
-
-
-def read_split(builder: tfds.core.DatasetBuilder, split: str) -> dict[str, np.ndarray]:
-  """Reads one split of a prepared builder into numpy columns, in file order.
-
-  The split's array_record shards (``builder.info.splits[split].file_instructions``) are read in
-  bulk with ``ArrayRecordReader.read(start, stop)`` and parsed vectorised (:func:`_parse_records`),
-  falling back to the ``tf.train.Example`` proto parser for records in another layout. No
-  TensorFlow is involved. (``builder.as_data_source()`` gives the same examples one dict at a time.)
+  All records are fetched in one batch (``__getitems__``) and decoded by TFDS's own feature
+  decoding (``features.deserialize_example_np``); no TensorFlow is involved.
 
   Args:
     builder: a prepared :class:`LightgcnInteractions` (array_record format).
     split: a TFDS split spec, e.g. ``"train"``, ``"test"``, ``"train[:10%]"``.
 
   Returns:
-    ``{"user": int64 [n], "item": int64 [n], "line": int64 [n]}``.
+    The split's :class:`SplitLines`: ``users``/``lines`` int64 ``[m]`` (one per example),
+    ``offsets`` int64 ``[m + 1]``, ``items`` int64 ``[n]``; ``path``/``num_lines`` are those of the
+    source file recorded in the metadata (for the base split name).
   """
-  from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
-
-  records: list[bytes] = []
-  for instruction in builder.info.splits[split].file_instructions:
-    reader = array_record_module.ArrayRecordReader(os.fspath(instruction.filename))
-    try:
-      records.extend(reader.read(instruction.skip, instruction.skip + instruction.take))
-    finally:
-      reader.close()
-  parts = []
-  for lo in range(0, len(records), _PARSE_BATCH):
-    chunk = records[lo:lo + _PARSE_BATCH]
-    parsed = _parse_records(chunk)
-    parts.append(parsed if parsed is not None else _parse_records_proto(chunk))
-  if not parts:
-    return {k: np.zeros(0, np.int64) for k in ("user", "item", "line")}
-  return {k: np.concatenate([part[k] for part in parts]) for k in ("user", "item", "line")}
+  source = builder.as_data_source(split=split)
+  examples = source.__getitems__(list(range(len(source))))
+  m = len(examples)
+  users = np.fromiter((e["user"] for e in examples), np.int64, m)
+  lines = np.fromiter((e["line"] for e in examples), np.int64, m)
+  items = [e["items"] for e in examples]
+  offsets = np.zeros(m + 1, np.int64)
+  np.cumsum(np.fromiter(map(len, items), np.int64, m), out=offsets[1:])
+  items = np.concatenate(items).astype(np.int64, copy=False) if m else np.zeros(0, np.int64)
+  meta = builder.info.metadata
+  base = re.split(r"[\[+]", split, maxsplit=1)[0]
+  return SplitLines(str(meta.get(f"{base}_path", "")), int(meta.get(f"{base}_num_lines", 0)),
+                    users, lines, offsets, items)
 
 
 def load_pairs(directory: os.PathLike | str, name: str = "",
@@ -615,9 +607,10 @@ def load_pairs(directory: os.PathLike | str, name: str = "",
   Returns:
     ``(train_pairs, test_pairs, num_users, num_items, source)``, equal to what
     :func:`cerp_jax.data.load_lightgcn` returns for the same folder: :class:`cerp_jax.data.Pairs` with
-    int64 ``[n]`` ``users``/``items``/``lines`` in file order, the source ``path`` and ``num_lines``;
-    the counts settled the same way (list file, else config, else max id + 1) and ``source`` =
-    ``{"user": where the user count came from, "item": …}`` with the same wording.
+    int64 ``[n]`` ``users``/``items``/``lines`` in file order (each line's items repeat its user and
+    line number), the source ``path`` and ``num_lines``; the counts settled the same way (list file,
+    else config, else max id + 1) and ``source`` = ``{"user": where the user count came from,
+    "item": …}`` with the same wording.
 
   Raises:
     cerp_jax.data.DataError: malformed or missing files, the same message as the plain loader.
@@ -628,11 +621,11 @@ def load_pairs(directory: os.PathLike | str, name: str = "",
   meta = builder.info.metadata
   local = (directory / "train.txt").exists()
   pairs = []
-  for split in ("train", "test"):
-    columns = read_split(builder, split)
-    path = str(directory / f"{split}.txt") if local else meta[f"{split}_path"]
-    pairs.append(data.Pairs(path, columns["user"], columns["item"], columns["line"],
-                            int(meta[f"{split}_num_lines"])))
+  for split in SPLITS:
+    lines = read_split(builder, split)
+    if local:
+      lines = dataclasses.replace(lines, path=str(directory / f"{split}.txt"))
+    pairs.append(lines.to_pairs())
   list_dir = directory if local else pathlib.Path(meta["source_dir"])
   settle = data._settle  # pylint: disable=protected-access
   nu, su = settle(meta["num_users_from_list"], num_users, int(meta["max_user_id_plus_one"]),

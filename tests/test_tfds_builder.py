@@ -69,56 +69,45 @@ def test_synthetic_matches_text_loader(tmp_path, lists, num_users, num_items):
   assert "tensorflow" not in sys.modules  # no TF anywhere on the path
 
 
-def test_tfds_data_source_and_generic_writer_agree(tmp_path):
-  """tfds.data_source (registered name, manual dir) works without TF; the fast writer's records
-  decode exactly like those of TFDS's own per-example writer."""
+def _user_lines(lines):
+  """(user, items, 1-based line) of each non-blank line of a synthetic file, by hand."""
+  out = []
+  for number, text in enumerate(lines, start=1):
+    ids = [int(t) for t in text.split()]
+    if ids:
+      out.append((ids[0], ids[1:], number))
+  return out
+
+
+def test_tfds_data_source_one_example_per_user_line(tmp_path):
+  """tfds.data_source (registered name, manual dir) works without TF: one example per user line."""
   folder = _write(tmp_path / "ml")
-  source = tfds.data_source(
-      "lightgcn_interactions/ml1m_m1", split="train", data_dir=tmp_path / "fast",
-      download_and_prepare_kwargs=dict(
-          download_config=tfds.download.DownloadConfig(manual_dir=str(folder))))
-  train = data.read_lightgcn_file(folder / "train.txt")
-  examples = source.__getitems__(list(range(len(source))))
-  assert [(e["user"], e["item"], e["line"]) for e in examples] == list(
-      zip(train.users.tolist(), train.items.tolist(), train.lines.tolist()))
-
-  class GenericWriter(tfds_builder.LightgcnInteractions, skip_registration=True):
-    name = "lightgcn_interactions"
-    FAST_WRITE = False
-
-  generic = GenericWriter(config="ml1m_m1", data_dir=tmp_path / "generic")
-  generic.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(manual_dir=str(folder)))
-  fast = tfds_builder.LightgcnInteractions(config="ml1m_m1", data_dir=tmp_path / "fast")
-  assert dict(generic.info.metadata) == dict(fast.info.metadata)
-  for split in ("train", "test"):
-    assert generic.info.splits[split].shard_lengths == fast.info.splits[split].shard_lengths
-    a, b = generic.as_data_source(split=split), fast.as_data_source(split=split)
-    assert list(a) == list(b)
-    cols_a, cols_b = tfds_builder.read_split(generic, split), tfds_builder.read_split(fast, split)
-    for k in ("user", "item", "line"):
-      np.testing.assert_array_equal(cols_a[k], cols_b[k])
+  for split, lines in (("train", TRAIN), ("test", TEST)):
+    source = tfds.data_source(
+        "lightgcn_interactions/ml1m_m1", split=split, data_dir=tmp_path / "tfds",
+        download_and_prepare_kwargs=dict(
+            download_config=tfds.download.DownloadConfig(manual_dir=str(folder))))
+    examples = source.__getitems__(list(range(len(source))))
+    assert sorted(examples[0]) == ["items", "line", "user"]
+    got = [(int(e["user"]), e["items"].tolist(), int(e["line"])) for e in examples]
+    assert got == _user_lines(lines)  # blank line dropped, "4 " kept with no items
+    assert all(e["items"].dtype == np.int64 and e["items"].ndim == 1 for e in examples)
+    assert [(int(e["user"]), int(e["line"])) for e in source] == [(u, l) for u, _, l in got]
+  builder = tfds_builder.LightgcnInteractions(config="ml1m_m1", data_dir=tmp_path / "tfds")
+  assert builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD
+  assert builder.info.splits["train"].num_examples == 6  # 7 lines, one blank
+  assert builder.info.splits["test"].num_examples == 6
+  meta = builder.info.metadata
+  assert (meta["train_num_pairs"], meta["test_num_pairs"]) == (18, 7)
+  assert (meta["train_num_lines"], meta["test_num_lines"]) == (7, 6)
+  head = tfds_builder.read_split(builder, "train[:2]")
+  assert head.users.tolist() == [0, 1] and head.offsets.tolist() == [0, 3, 6]
+  assert head.items.tolist() == [1, 2, 3, 2, 30, 4]
   assert "tensorflow" not in sys.modules
 
 
-def test_serialize_parse_roundtrip_and_fallback():
-  big = [0, 1, 127, 128, 16383, 16384, 2**31, 2**62, 2**63 - 1]
-  pairs = data.Pairs("x", np.array(big, np.int64), np.array(big[::-1], np.int64),
-                     np.arange(1, len(big) + 1, dtype=np.int64), len(big))
-  records, num_bytes = tfds_builder.serialize_pairs(pairs)
-  assert num_bytes == sum(map(len, records))
-  fast = tfds_builder._parse_records(records)
-  slow = tfds_builder._parse_records_proto(records)
-  for key, want in (("user", pairs.users), ("item", pairs.items), ("line", pairs.lines)):
-    np.testing.assert_array_equal(fast[key], want)
-    np.testing.assert_array_equal(slow[key], want)
-  # Anything off-layout is refused by the vectorised parser (the reader then uses the proto).
-  assert tfds_builder._parse_records([records[0][:-1]]) is None
-  assert tfds_builder._parse_records([records[0] + b"\x00"]) is None
-
-
 def _real_folder():
-  folder = SHARED_DATA / "movielens-1m-m1"  # ~0.9M interactions: ~4 s to prepare, ~2 s to load
+  folder = SHARED_DATA / "movielens-1m-m1"  # 6,022 user lines a split, ~0.9M interactions
   if not (folder / "train.txt").exists():
     pytest.skip(f"{folder} not available")
   return folder
@@ -133,6 +122,9 @@ def test_real_dataset_matches_text_loader(tmp_path):
   _assert_same(got, want)
   assert got[0].users.size == 796_244 and got[1].users.size == 99_455
   assert elapsed < 30, f"prepare + load took {elapsed:.1f} s"
+  builder = tfds_builder.prepare(folder, "ml1m_m1", tmp_path / "tfds")
+  for split, pairs in zip(("train", "test"), got[:2]):  # one example per non-blank line
+    assert builder.info.splits[split].num_examples == np.unique(pairs.lines).size
 
 
 def _closed_port() -> int:
@@ -247,6 +239,40 @@ def test_changed_source_is_regenerated(tmp_path):
   _write(folder, train=TRAIN + ["9 40 41"])
   _assert_same(tfds_builder.load_pairs(folder, "ml1m_m1", tfds_dir),
                data.load_lightgcn(folder, "ml1m_m1"))
+
+
+def test_malformed_new_source_keeps_old_copy(tmp_path):
+  """A changed folder that fails validation: same DataError, the old prepared copy untouched."""
+  folder = _write(tmp_path / "ml1m_m1")
+  tfds_dir = tmp_path / "tfds"
+  old = data.load_lightgcn(folder, "ml1m_m1")
+  _assert_same(tfds_builder.load_pairs(folder, "ml1m_m1", tfds_dir), old)
+  builder = tfds_builder.LightgcnInteractions(config="ml1m_m1", data_dir=tfds_dir)
+  fingerprint = builder.info.metadata["source_sha256"]
+  before = sorted(p.name for p in pathlib.Path(builder.data_dir).iterdir())
+
+  _write(folder, train=TRAIN + ["9 40 x"])
+  expected = r"train\.txt:8: non-integer token 'x'"
+  with pytest.raises(data.DataError, match=expected) as plain:
+    data.load_lightgcn(folder, "ml1m_m1")
+  with pytest.raises(data.DataError, match=expected) as through_tfds:
+    tfds_builder.load_pairs(folder, "ml1m_m1", tfds_dir)
+  assert str(through_tfds.value) == str(plain.value)
+
+  # The old copy is still there, complete, and reads back as the old files.
+  builder = tfds_builder.LightgcnInteractions(config="ml1m_m1", data_dir=tfds_dir)
+  assert builder.is_prepared() and builder.info.metadata["source_sha256"] == fingerprint
+  assert sorted(p.name for p in pathlib.Path(builder.data_dir).iterdir()) == before
+  assert not [p for p in pathlib.Path(builder.data_dir).parent.iterdir() if "incomplete" in p.name]
+  for split, want in zip(("train", "test"), old[:2]):
+    got = tfds_builder.read_split(builder, split).to_pairs()
+    for field in ("users", "items", "lines"):
+      np.testing.assert_array_equal(getattr(got, field), getattr(want, field))
+  # Put the old files back: the old copy is reused as is, nothing regenerated.
+  _write(folder)
+  stamp = pathlib.Path(builder.data_dir, "dataset_info.json").stat().st_mtime_ns
+  _assert_same(tfds_builder.load_pairs(folder, "ml1m_m1", tfds_dir), old)
+  assert pathlib.Path(builder.data_dir, "dataset_info.json").stat().st_mtime_ns == stamp
 
 
 def test_config_for_names(tmp_path):
