@@ -350,7 +350,9 @@ def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
                         refresh=False)
       done = bool(state.prune.done)
       meta.update(epoch=epoch, block=bi + 1, acc=acc, done=done,
-                  seconds=time.perf_counter() - t_start)
+                  seconds=time.perf_counter() - t_start, step=int(state.step),
+                  gamma=pc.gamma_init * pc.gamma_decay ** epoch,
+                  budgets_reached=np.asarray(state.prune.reached).tolist())
       if done:
         break
       if int(state.step) - last_save >= config.checkpoint_every_steps:
