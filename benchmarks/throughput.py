@@ -48,7 +48,9 @@ def _time_stage(config, data, stage):
   model = T.build_model(config, data, mode)
   tx = T.make_optimizer(sc_cfg)
   sc = T.StepConfig(eta=config.prune.eta, gamma_init=1.0, gamma_decay=0.5,
-                    l2_penalty=sc_cfg.l2_penalty, prune=stage == "prune")
+                    l2_penalty=sc_cfg.l2_penalty, prune=stage == "prune",
+                    unique_users=config.model.backbone == "lightgcn")
+  consts = T.model_consts(config, data)
   fn = T.make_block_fn(model, tx, sc)
   variables = T.init_variables(model, config.seed, sc_cfg.num_negatives + 1)
   params = variables["params"]
@@ -75,7 +77,7 @@ def _time_stage(config, data, stage):
   for i in idx:
     blk = jax.device_put({k: v[i] for k, v in blocks.items()})
     t0 = time.perf_counter()
-    state, m = fn(state, blk, jnp.int32(0))
+    state, m = fn(state, blk, jnp.int32(0), consts)
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
   steps = sc_cfg.steps_per_block
@@ -90,7 +92,7 @@ def _time_stage(config, data, stage):
 def _time_eval(config, data):
   mode = emb_lib.RETRAIN if config.model.embedding == "cerp" else emb_lib.DENSE
   model = T.build_model(config, data, mode)
-  variables = T.init_variables(model, config.seed, 2)
+  variables = {**T.init_variables(model, config.seed, 2), **T.model_consts(config, data)}
   ec = config.eval
   ev = evaluation.Evaluator(data, "test", ec.ks, ec.batch_size, user_sample=ec.test_user_sample,
                             seed=ec.sample_seed)

@@ -55,9 +55,12 @@ def l2_penalty(user_vecs: jax.Array, item_vecs: jax.Array, group_mask: jax.Array
   return coefficient * jnp.sum(sq * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
-def regularizer_rows(user_vecs: jax.Array, item_vecs: jax.Array, group_mask: jax.Array):
-  """Rows the regularizer sums over: one user row per group, then all item rows (spec §3)."""
+def regularizer_rows(user_vecs: jax.Array, item_vecs: jax.Array, group_mask: jax.Array,
+                     user_mask=None):
+  """Rows the regularizer sums over: one user row per group (or those of ``user_mask``, e.g. the
+  batch's unique users for LightGCN), then all item rows (spec §3; DECISIONS.md)."""
   g, m, d = item_vecs.shape
   rows = jnp.concatenate([user_vecs, item_vecs.reshape(g * m, d)])
-  mask = jnp.concatenate([group_mask, jnp.repeat(group_mask, m)])
+  umask = group_mask if user_mask is None else user_mask
+  mask = jnp.concatenate([umask, jnp.repeat(group_mask, m)])
   return rows, mask

@@ -14,6 +14,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.experimental import sparse as jsparse
 import numpy as np
 
 
@@ -108,14 +109,92 @@ class NCFMLP(nn.Module):
     return jnp.moveaxis(scores, 0, 1).reshape(user_vecs.shape[0], -1)[:, :num_items]
 
 
-def make_backbone(config) -> nn.Module:
+def _bcsr_matmul(graph: dict, h: jax.Array) -> jax.Array:
+  n = graph["indptr"].shape[0] - 1
+  a = jsparse.BCSR((graph["data"], graph["indices"], graph["indptr"]), shape=(n, n))
+  return a @ h
+
+
+@jax.custom_vjp
+def symmetric_spmm(graph: dict, h: jax.Array) -> jax.Array:
+  """``Â @ h`` for a symmetric sparse ``Â`` given as CSR arrays (``jax.experimental.sparse.BCSR``).
+
+  Because Â = Âᵀ, the backward pass is the same product (``Â @ ct``), which on CPU is far faster than
+  autodiff's transposed (scatter) product. The graph gets no gradient.
+
+  Args:
+    graph: ``data [E] float32``, ``indices [E] int32``, ``indptr [N+1] int32`` (and ``rows``, unused).
+    h: ``[N, d]`` float32.
+  """
+  return _bcsr_matmul(graph, h)
+
+
+def _spmm_fwd(graph, h):
+  return _bcsr_matmul(graph, h), graph
+
+
+def _spmm_bwd(graph, ct):
+  return jax.tree_util.tree_map(jnp.zeros_like, graph), _bcsr_matmul(graph, ct)
+
+
+symmetric_spmm.defvjp(_spmm_fwd, _spmm_bwd)
+
+
+class LightGCN(nn.Module):
+  """LightGCN (He et al., SIGIR 2020; spec §4.5): ``mean(E⁰, ÂE⁰, …, Â^L E⁰)``, score = dot product.
+
+  The normalised adjacency Â (:mod:`cerp_jax.graph`, training interactions only) is not a parameter: it
+  lives in the ``'graph'`` variable collection (arrays ``data``, ``indices``, ``indptr``, ``rows``), so
+  the jitted step takes it as an argument. At ``init`` the collection holds zeros of the right shapes;
+  the caller puts the real graph in (``cerp_jax.train.model_consts``).
+
+  Attributes:
+    num_nodes: N = U + I.
+    num_edges: non-zeros of Â (2 · training pairs).
+    num_layers: L (3).
+  """
+
+  num_nodes: int
+  num_edges: int
+  num_layers: int = 3
+
+  needs_all_entities = True
+
+  def setup(self):
+    e, n = self.num_edges, self.num_nodes
+    self.graph = {
+        "data": self.variable("graph", "data", jnp.zeros, (e,), jnp.float32),
+        "indices": self.variable("graph", "indices", jnp.zeros, (e,), jnp.int32),
+        "indptr": self.variable("graph", "indptr", jnp.zeros, (n + 1,), jnp.int32),
+        "rows": self.variable("graph", "rows", jnp.zeros, (e,), jnp.int32)}
+
+  def propagate(self, vecs: jax.Array) -> jax.Array:
+    """``[N, d]`` layer-0 vectors → ``[N, d]`` mean over layers 0..L."""
+    graph = {k: v.value for k, v in self.graph.items()}
+    out, h = vecs, vecs
+    for _ in range(self.num_layers):
+      h = symmetric_spmm(graph, h)
+      out = out + h
+    return out / (self.num_layers + 1)
+
+  def __call__(self, user_vecs, item_vecs, train: bool = False, mask=None):
+    del train, mask
+    return jnp.sum(user_vecs * item_vecs, axis=-1)
+
+  def score_matrix(self, user_vecs, item_vecs):
+    return user_vecs @ item_vecs.T
+
+
+def make_backbone(config, num_nodes: int = 0, num_edges: int = 0) -> nn.Module:
   mc = config.model
   if mc.backbone == "mf":
     return MF()
   if mc.backbone == "mlp":
     return NCFMLP(num_layers=mc.mlp_num_layers, dropout=mc.mlp_dropout,
                   eval_item_chunk=mc.mlp_eval_item_chunk)
-  raise ValueError(f"config.model.backbone={mc.backbone!r}: expected 'mf' or 'mlp'")
+  if mc.backbone == "lightgcn":
+    return LightGCN(num_nodes=num_nodes, num_edges=num_edges, num_layers=mc.gcn_num_layers)
+  raise ValueError(f"config.model.backbone={mc.backbone!r}: expected 'mf', 'mlp' or 'lightgcn'")
 
 
 class Recommender(nn.Module):
@@ -142,24 +221,35 @@ class Recommender(nn.Module):
 
     Returns:
       scores ``[G, M]`` float32, user vectors ``[G, out_dim]``, item vectors ``[G, M, out_dim]``
-      (the composed, pruned embeddings the regularizer and L2 use), and the effective tables of this
+      (the composed, pruned layer-0 embeddings the regularizer and L2 use), and the effective tables of this
       forward (``embedding.tables()``, counted for the pruning schedule).
     """
     g, m = items.shape
     ids = jnp.concatenate([users, (items + self.num_users).reshape(-1)])
     tables = self.embedding.tables()
-    vecs = self.embedding.compose(tables, ids)
-    user_vecs, item_vecs = vecs[:g], vecs[g:].reshape(g, m, -1)
     mask = None if group_mask is None else jnp.broadcast_to(group_mask[:, None], (g, m))
-    scores = self.backbone(user_vecs[:, None, :], item_vecs, train=train, mask=mask)
+    if getattr(self.backbone, "needs_all_entities", False):
+      # LightGCN: all N composed vectors feed layer 0 at every step (spec §4.5).
+      all0 = self.embedding.compose(tables, jnp.arange(self.embedding.num_entities))
+      out = self.backbone.propagate(all0)
+      vecs, prop = all0[ids], out[ids]
+      scores = self.backbone(prop[:g, None, :], prop[g:].reshape(g, m, -1), train=train, mask=mask)
+    else:
+      vecs = self.embedding.compose(tables, ids)
+      scores = self.backbone(vecs[:g, None, :], vecs[g:].reshape(g, m, -1), train=train, mask=mask)
+    user_vecs, item_vecs = vecs[:g], vecs[g:].reshape(g, m, -1)
     return scores, user_vecs, item_vecs, tables
 
   def tables(self):
     return self.embedding.tables()
 
   def entity_vectors(self):
-    """``[N, out_dim]`` composed vectors of all entities."""
-    return self.embedding.embed_all()
+    """``[N, out_dim]`` vectors of all entities as the backbone scores them (LightGCN: propagated,
+    once per call from the parameters given)."""
+    vecs = self.embedding.embed_all()
+    if getattr(self.backbone, "needs_all_entities", False):
+      vecs = self.backbone.propagate(vecs)
+    return vecs
 
   def score_users(self, user_vecs, item_vecs):
     """``[B, out] × [I, out] → [B, I]`` full-ranking scores (eval mode)."""

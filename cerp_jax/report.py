@@ -131,7 +131,10 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0) -
     raise FileNotFoundError(f"{workdir}: no finished retraining to evaluate; run train.py first")
   out = {"workdir": os.path.abspath(workdir), "dataset": config.data.name,
          "backbone": config.model.backbone, "embedding": config.model.embedding,
-         "dim": d, "num_entities": n, "results": rows}
+         "dim": d, "num_entities": n, "bucket_size": config.model.bucket_size,
+         "threshold_init": config.model.threshold_init,
+         "paper_threshold_init": config.model.threshold_init == -100.0,
+         "selection": f"{ec.selection_split} {ec.selection_metric}", "results": rows}
   tmp = os.path.join(workdir, "eval.json.tmp")
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(out, f, indent=2)
@@ -167,8 +170,11 @@ def markdown_table(out: dict) -> str:
   """eval.py's Markdown table: one row per budget."""
   rows = out["results"]
   sampled = any(r.get("sampled") for r in rows)
+  cerp = (f", b={out['bucket_size']}, thresholds init {out['threshold_init']:g}"
+          + ("" if out["paper_threshold_init"] else " (NOT the paper's -100)")
+          if out["embedding"] == "cerp" else "")
   lines = [f"{out['dataset']} / {out['backbone']} / {out['embedding']} (d={out['dim']}, "
-           f"N={out['num_entities']}); test, " + (
+           f"N={out['num_entities']}{cerp}); test, " + (
                f"SEEDED SAMPLE of {rows[0]['num_users_evaluated']} of {rows[0]['num_users_total']} "
                "users (± = 95 % CI)" if sampled else
                f"full ranking of all {rows[0]['num_users_evaluated']} test users"), "",

@@ -30,19 +30,26 @@ class BPRSampler:
     mode: 'resample' | 'fixed'.
     epoch_kind: 'positives' | 'parity'.
     seed: numpy seed.
+    triples_per_positive: t > 1 (with K = 1) draws t distinct negatives per positive and returns t
+      separate groups ``[pos, neg_j]`` (LightGCN-PyTorch's ``neg_size``, spec §4.6).
 
   Raises:
     ValueError: bad mode/kind, or a user whose positives leave fewer than K negatives.
   """
 
   def __init__(self, train: sp.csr_matrix, num_negatives: int, mode: str = "resample",
-               epoch_kind: str = "positives", seed: int = 0):
+               epoch_kind: str = "positives", seed: int = 0, triples_per_positive: int = 1):
     if mode not in ("resample", "fixed"):
       raise ValueError(f"sampling mode={mode!r}: expected 'resample' or 'fixed'")
     if epoch_kind not in ("positives", "parity"):
       raise ValueError(f"epoch kind={epoch_kind!r}: expected 'positives' or 'parity'")
     if num_negatives < 1:
       raise ValueError(f"num_negatives must be ≥ 1, got {num_negatives}")
+    if triples_per_positive > 1:
+      if num_negatives != 1:
+        raise ValueError(f"triples_per_positive={triples_per_positive} needs num_negatives=1")
+      num_negatives = triples_per_positive
+    self.triples = triples_per_positive
     self.train = train.tocsr()
     self.train.sort_indices()
     self.num_users, self.num_items = train.shape
@@ -61,7 +68,7 @@ class BPRSampler:
   def num_groups(self) -> int:
     """Groups per epoch (the parity count is that of epoch 0's draw)."""
     if self.epoch_kind == "positives":
-      return self.train.nnz
+      return self.train.nnz * max(self.triples, 1)
     return len(self.epoch(0)[0])
 
   def is_positive(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -120,7 +127,11 @@ class BPRSampler:
       order = np.argsort(first, kind="stable")
       users, pos, neg = draws[first[order]], all_pos[first[order]], all_neg[last[order]]
       del uniq
-    items = np.concatenate([pos[:, None], neg], axis=1)
+    if self.triples > 1:  # K separate (u, pos, neg) triples per positive (LightGCN-PyTorch)
+      users = np.repeat(users, self.triples)
+      items = np.stack([np.repeat(pos, self.triples), neg.reshape(-1)], axis=1)
+    else:
+      items = np.concatenate([pos[:, None], neg], axis=1)
     return users.astype(np.int32), items.astype(np.int32)
 
 

@@ -38,6 +38,7 @@ from cerp_jax import checkpoint as ckpt_lib
 from cerp_jax import data as data_lib
 from cerp_jax import embeddings as emb_lib
 from cerp_jax import evaluation
+from cerp_jax import graph as graph_lib
 from cerp_jax import losses
 from cerp_jax import models
 from cerp_jax import pruning
@@ -70,6 +71,7 @@ class StepConfig:
   gamma_decay: float
   l2_penalty: float
   prune: bool  # regularizer, non-zero count and snapshots on
+  unique_users: bool = False  # regularizer over the batch's unique users (LightGCN)
 
 
 def make_optimizer(oc: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -90,29 +92,57 @@ def make_optimizer(oc: ml_collections.ConfigDict) -> optax.GradientTransformatio
 
 def build_model(config, data: data_lib.Interactions, mode: str) -> models.Recommender:
   embedding = emb_lib.make_embedding(config, data.num_entities, mode)
-  return models.Recommender(embedding=embedding, backbone=models.make_backbone(config),
-                            num_users=data.num_users)
+  backbone = models.make_backbone(config, num_nodes=data.num_entities,
+                                  num_edges=2 * data.train.nnz)
+  return models.Recommender(embedding=embedding, backbone=backbone, num_users=data.num_users)
+
+
+_GRAPH_CACHE: dict = {}
+
+
+def model_consts(config, data: data_lib.Interactions) -> dict:
+  """Non-trainable, non-checkpointed variable collections: LightGCN's ``'graph'`` (Â from the
+  training split only) as device arrays; ``{}`` for other backbones."""
+  if config.model.backbone != "lightgcn":
+    return {}
+  key = (id(data.train), data.train.nnz)
+  if key not in _GRAPH_CACHE:
+    _GRAPH_CACHE.clear()
+    adj = graph_lib.normalized_adjacency(data.train)
+    _GRAPH_CACHE[key] = {k: jnp.asarray(v) for k, v in graph_lib.graph_arrays(adj).items()}
+  return {"graph": {"backbone": _GRAPH_CACHE[key]}}
 
 
 def init_variables(model: models.Recommender, seed: int, items_per_group: int) -> dict:
-  """Initial variables; the same seed gives the same backbone weights in both stages (spec §5)."""
+  """Initial variables; the same seed gives the same backbone weights in both stages (spec §5).
+
+  The placeholder ``'graph'`` collection LightGCN creates at init is dropped (see model_consts)."""
   users = jnp.zeros((2,), jnp.int32)
   items = jnp.zeros((2, items_per_group), jnp.int32)
-  variables = model.init(jax.random.key(seed), users, items, train=False)
-  return flax.core.unfreeze(variables)
+  variables = flax.core.unfreeze(model.init(jax.random.key(seed), users, items, train=False))
+  variables.pop("graph", None)
+  return variables
 
 
-def _variables(params, batch_stats, masks):
+def _variables(params, batch_stats, masks, consts=None):
   v = {"params": params}
   if batch_stats:
     v["batch_stats"] = batch_stats
   if masks:
     v["masks"] = masks
+  if consts:
+    v.update(consts)
   return v
 
 
-def train_step(state: TrainState, batch: dict, epoch: jax.Array, *, model: models.Recommender,
-               tx: optax.GradientTransformation, sc: StepConfig):
+def first_occurrence(users: jax.Array) -> jax.Array:
+  """``[G] bool``: True where a user id appears for the first time in the batch."""
+  same = users[:, None] == users[None, :]
+  return ~jnp.any(jnp.tril(same, k=-1), axis=1)
+
+
+def train_step(state: TrainState, batch: dict, epoch: jax.Array, consts: dict, *,
+               model: models.Recommender, tx: optax.GradientTransformation, sc: StepConfig):
   """One BPR step (spec §4.2): ``L = BPR + L2 + γ_e·(−Σ tanh²(η·E))``, then the optimizer update.
 
   In the prune stage the non-zeros of the effective tables *of this step's forward* (before the
@@ -122,6 +152,7 @@ def train_step(state: TrainState, batch: dict, epoch: jax.Array, *, model: model
     state: the train state.
     batch: ``users [G] int32``, ``items [G, 1+K] int32``, ``group_mask [G] bool``.
     epoch: scalar int32, for γ_e = γ_0·decay^epoch.
+    consts: non-trainable collections (LightGCN's graph), from :func:`model_consts`.
 
   Returns:
     (new state, metrics dict of scalars).
@@ -131,7 +162,7 @@ def train_step(state: TrainState, batch: dict, epoch: jax.Array, *, model: model
   has_bs = bool(state.batch_stats)
 
   def loss_fn(params):
-    variables = _variables(params, state.batch_stats, state.masks)
+    variables = _variables(params, state.batch_stats, state.masks, consts)
     kwargs = dict(train=True, group_mask=gmask)
     if has_bs:
       (scores, u, it, tables), upd = model.apply(variables, users, items, mutable=["batch_stats"],
@@ -143,7 +174,9 @@ def train_step(state: TrainState, batch: dict, epoch: jax.Array, *, model: model
     bpr = losses.bpr_loss(scores, gmask)
     l2 = losses.l2_penalty(u, it, gmask, sc.l2_penalty) if sc.l2_penalty > 0 else 0.0 * bpr
     if sc.prune:
-      rows, rmask = losses.regularizer_rows(u, it, gmask)
+      # LightGCN's path uses the batch's unique users, MF/MLP one user row per group (spec §3).
+      umask = gmask & first_occurrence(users) if sc.unique_users else gmask
+      rows, rmask = losses.regularizer_rows(u, it, gmask, umask)
       reg = losses.pruning_regularizer(rows, rmask, sc.eta)
     else:
       reg = 0.0 * bpr
@@ -165,28 +198,28 @@ def train_step(state: TrainState, batch: dict, epoch: jax.Array, *, model: model
 
 
 def make_block_fn(model, tx, sc: StepConfig):
-  """Jitted ``(state, block, epoch) -> (state, per-step metrics)`` scanning ``train_step`` over a block.
+  """Jitted ``(state, block, epoch, consts) -> (state, per-step metrics)`` scanning ``train_step``.
 
   A step runs only if its ``step_mask`` is set and (prune stage) not every budget is met yet; other
   steps leave the state untouched (``lax.cond``). The input state is donated.
   """
   step = functools.partial(train_step, model=model, tx=tx, sc=sc)
 
-  def body(state, batch, epoch):
+  def body(state, batch, epoch, consts):
     active = batch["step_mask"]
     if sc.prune:
       active = active & ~state.prune.done
 
     def skip(state):
-      zeros = jax.eval_shape(lambda s: step(s, batch, epoch)[1], state)
+      zeros = jax.eval_shape(lambda s: step(s, batch, epoch, consts)[1], state)
       return state, jax.tree_util.tree_map(lambda z: jnp.zeros(z.shape, z.dtype), zeros)
 
-    new, m = jax.lax.cond(active, lambda s: step(s, batch, epoch), skip, state)
+    new, m = jax.lax.cond(active, lambda s: step(s, batch, epoch, consts), skip, state)
     m["active"] = active
     return new, m
 
-  def block(state, blk, epoch):
-    return jax.lax.scan(lambda s, b: body(s, b, epoch), state, blk)
+  def block(state, blk, epoch, consts):
+    return jax.lax.scan(lambda s, b: body(s, b, epoch, consts), state, blk)
 
   return jax.jit(block, donate_argnums=(0,))
 
@@ -251,10 +284,6 @@ def make_vectors_fn(model: models.Recommender):
   return jax.jit(lambda v: model.apply(v, method=models.Recommender.entity_vectors))
 
 
-def eval_variables(state_or_params, batch_stats, masks):
-  return _variables(state_or_params, batch_stats, masks)
-
-
 def _epoch_blocks(sampler, epoch, groups, steps_per_block):
   users, items = sampler.epoch(epoch)
   return sampler_lib.to_steps(users, items, groups, steps_per_block)
@@ -306,8 +335,10 @@ def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
   steps_per_epoch = -(-sampler.num_groups() // groups)
   tx = make_optimizer(pc)
   sc = StepConfig(eta=pc.eta, gamma_init=pc.gamma_init, gamma_decay=pc.gamma_decay,
-                  l2_penalty=pc.l2_penalty, prune=True)
+                  l2_penalty=pc.l2_penalty, prune=True,
+                  unique_users=config.model.backbone == "lightgcn")
   block_fn = make_block_fn(model, tx, sc)
+  consts = model_consts(config, data)
 
   variables = init_variables(model, config.seed, pc.num_negatives + 1)
   params = variables["params"]
@@ -341,7 +372,7 @@ def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
     acc = meta["acc"] if meta["block"] > 0 else {}
     for bi in range(meta["block"], nblocks):
       before = int(state.step)
-      state, m = block_fn(state, _block(blocks, bi), jnp.int32(epoch))
+      state, m = block_fn(state, _block(blocks, bi), jnp.int32(epoch), consts)
       m = _to_host(m)
       _accumulate(acc, m)
       bar.update(int(state.step) - before)
@@ -468,13 +499,15 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
   tx = make_optimizer(rc)
   sc = StepConfig(eta=0.0, gamma_init=0.0, gamma_decay=1.0, l2_penalty=rc.l2_penalty, prune=False)
   block_fn = make_block_fn(model, tx, sc)
+  consts = model_consts(config, data)
   batch_stats = variables.get("batch_stats", {})
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                      masks=masks, opt_state=tx.init(params),
                      rng=jax.random.key_data(jax.random.key(config.seed)), prune=None)
   best_like = {"params": params, "batch_stats": batch_stats}
   sampler = sampler_lib.BPRSampler(data.train, rc.num_negatives, config.sampling.mode,
-                                   config.sampling.epoch, seed=config.seed + 1)
+                                   config.sampling.epoch, seed=config.seed,
+                                   triples_per_positive=config.sampling.triples_per_positive)
   groups = rc.groups_per_step
   steps_per_epoch = -(-sampler.num_groups() // groups)
   sel_split = ec.selection_split
@@ -484,7 +517,7 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
   vectors_fn = make_vectors_fn(model)
 
   def run_eval(params_, bs_, ev, topk=False):
-    v = _variables(params_, bs_, state.masks)
+    v = _variables(params_, bs_, state.masks, consts)
     return ev.evaluate(score_fn, (v, vectors_fn(v)), return_topk=topk,
                        progress=config.progress_bar)
 
@@ -514,7 +547,7 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
     t_epoch = time.perf_counter()
     for bi in range(meta["block"], blocks["users"].shape[0]):
       before = int(state.step)
-      state, m = block_fn(state, _block(blocks, bi), jnp.int32(epoch))
+      state, m = block_fn(state, _block(blocks, bi), jnp.int32(epoch), consts)
       _accumulate(acc, _to_host(m))
       bar.update(int(state.step) - before)
       meta.update(block=bi + 1, acc=acc, seconds=time.perf_counter() - t_start)
@@ -613,7 +646,8 @@ def restore_best(config, data, workdir: str, target: Optional[float]):
                                    "rerun train.py to resume it")
   state, meta, best = store.restore(like, {"params": params, "batch_stats": batch_stats})
   store.close()
-  return model, _variables(best["params"], best["batch_stats"], state.masks), meta
+  return model, _variables(best["params"], best["batch_stats"], state.masks,
+                           model_consts(config, data)), meta
 
 
 # --------------------------------------------------------------------------------------------------

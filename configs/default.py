@@ -12,7 +12,7 @@ import ml_collections
 
 def get_config(arg: str = ""):
   c = ml_collections.ConfigDict()
-  c.seed = 3407                  # spec §4.3 (CERP); the retrain sampler uses seed + 1.
+  c.seed = 3407                  # spec §4.3 (CERP): init, samplers of both stages.
   c.stage = "all"                # 'prune' | 'retrain' | 'all'.
   c.progress_bar = True          # tqdm bars with ETA.
   c.checkpoint_every_steps = 20_000  # also at every epoch end / evaluation.
@@ -34,7 +34,7 @@ def get_config(arg: str = ""):
 
   c.model = ml_collections.ConfigDict()
   c.model.embedding = "cerp"     # 'cerp' | 'full'.
-  c.model.backbone = "mf"        # 'mf' | 'mlp' (spec §4.4).
+  c.model.backbone = "mf"        # 'mf' | 'mlp' (spec §4.4) | 'lightgcn' (spec §4.5).
   c.model.dim = 128              # d.
   c.model.bucket_size = 1000     # b (rows of P and Q); needs ceil(N/b) ≤ b.
   c.model.combine = "sum"        # 'sum' (paper) | 'concat'.
@@ -46,10 +46,12 @@ def get_config(arg: str = ""):
   c.model.mlp_num_layers = 3
   c.model.mlp_dropout = 0.0
   c.model.mlp_eval_item_chunk = 2048
+  c.model.gcn_num_layers = 3      # LightGCN layers L (spec §4.5).
 
   c.sampling = ml_collections.ConfigDict()
   c.sampling.mode = "resample"   # 'resample' each epoch | 'fixed' once (original).
   c.sampling.epoch = "positives" # 'positives' (all train positives) | 'parity' (original's draws).
+  c.sampling.triples_per_positive = 1  # >1: that many (u, pos, neg) triples per positive, K=1 each.
 
   c.prune = ml_collections.ConfigDict()  # stage 1 (spec §3, §4.1–4.3, §5).
   c.prune.groups_per_step = 10   # (user, positive) groups per step; 10 × 6 = 60 rows.

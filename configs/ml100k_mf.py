@@ -17,11 +17,11 @@ def get_config(arg: str = ""):
   c.model.dim = 64
   c.model.bucket_size = 1024
   c.model.threshold_init = -8.0
-  c.target_sparsities = (0.5, 0.7)  # MF here saturates near 0.77 sparsity within 30 epochs.
+  c.target_sparsities = (0.5, 0.6)  # MF here saturates near 0.77 sparsity within 30 epochs.
   c.prune.max_epochs = 30
   c.retrain.groups_per_step = 1024
-  c.retrain.max_epochs = 60
+  c.retrain.max_epochs = 80
   c.eval.every_epochs = 5
-  c.eval.patience = 3
+  c.eval.patience = 5
   c.eval.batch_size = 1024
   return c

@@ -66,3 +66,15 @@ def test_to_steps_padding():
   assert blocks["group_mask"].sum() == 23
   assert blocks["step_mask"].sum() == 5
   np.testing.assert_array_equal(blocks["users"].reshape(-1)[:23], users)
+
+
+def test_triples_per_positive():
+  train = _train()
+  s = S.BPRSampler(train, 1, seed=0, triples_per_positive=5)
+  users, items = s.epoch(0)
+  assert items.shape == (train.nnz * 5, 2) and s.num_groups() == train.nnz * 5
+  np.testing.assert_array_equal(users[:5], users[0])
+  np.testing.assert_array_equal(items[:5, 0], items[0, 0])
+  assert len(set(items[:5, 1].tolist())) == 5
+  dense = train.toarray() > 0
+  assert not dense[users, items[:, 1]].any()

@@ -104,7 +104,7 @@ def test_block_fn_traces_once(test_config):
   for epoch in range(2):
     blocks, _ = S.to_steps(*s.epoch(epoch), 10, 8)
     for i in range(blocks["users"].shape[0]):
-      state, _ = fn(state, {k: v[i] for k, v in blocks.items()}, jnp.int32(epoch))
+      state, _ = fn(state, {k: v[i] for k, v in blocks.items()}, jnp.int32(epoch), {})
   assert fn._cache_size() == 1
 
 
