@@ -28,8 +28,8 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q tests -m "not slow" $(PYTEST_ARGS)
 
-bench: $(VENV)/.installed
-	$(PY) benchmarks/throughput.py --config=$(CONFIG)
+bench: $(VENV)/.installed  # the benchmark suite (figures vs targets; see benchmarks/run.py)
+	$(PY) benchmarks/run.py
 
 clean-venv:
 	rm -rf $(VENV)
