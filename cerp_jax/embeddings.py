@@ -254,9 +254,25 @@ def count_nonzeros(tables: dict[str, jax.Array]) -> jax.Array:
   return sum(jnp.count_nonzero(t).astype(jnp.int32) for t in tables.values())
 
 
+PRUNED_EMBEDDINGS = ("cerp", "pep")  # embeddings trained in two stages (prune, then retrain)
+EMBEDDINGS = ("cerp", "full", "qr", "hash", "pep")
+
+
+def prunes(embedding: str) -> bool:
+  """Whether ``config.model.embedding`` names a pruned embedding (stage 1 + lottery-ticket retrain);
+  the others are trained once, as the full table is (stage 2 only, ``target=None``)."""
+  return embedding in PRUNED_EMBEDDINGS
+
+
 def make_embedding(config, num_entities: int, mode: str) -> nn.Module:
-  """The embedding module a config asks for (``config.model.embedding``: 'cerp' | 'full')."""
+  """The embedding module a config asks for (``config.model.embedding``: one of ``EMBEDDINGS``).
+
+  'qr', 'hash' and 'pep' live in :mod:`cerp_jax.baselines`.
+  """
   mc = config.model
+  if mc.embedding in ("qr", "hash", "pep"):
+    from cerp_jax import baselines  # pylint: disable=g-import-not-at-top (baselines imports us)
+    return baselines.make_baseline(config, num_entities, mode)
   if mc.embedding == "cerp":
     return CERPEmbedding(num_entities=num_entities, bucket_size=mc.bucket_size, features=mc.dim,
                          mode=mode, threshold_type=mc.threshold_type,
@@ -265,7 +281,7 @@ def make_embedding(config, num_entities: int, mode: str) -> nn.Module:
   if mc.embedding == "full":
     return FullEmbedding(num_entities=num_entities, features=mc.dim, initializer=mc.full_init,
                          init_std=mc.full_init_std)
-  raise ValueError(f"config.model.embedding={mc.embedding!r}: expected 'cerp' or 'full'")
+  raise ValueError(f"config.model.embedding={mc.embedding!r}: expected one of {EMBEDDINGS}")
 
 
 def numpy_tables(tables) -> dict[str, np.ndarray]:

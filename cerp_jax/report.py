@@ -69,7 +69,7 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0) -
   sample = ec.test_user_sample if user_sample < 0 else user_sample
   evaluator = evaluation.Evaluator(data, "test", ec.ks, batch_size or ec.batch_size,
                                    user_sample=sample, seed=ec.sample_seed)
-  targets = ([None] if config.model.embedding == "full" else sorted(config.target_sparsities))
+  targets = (sorted(config.target_sparsities) if emb_lib.prunes(config.model.embedding) else [None])
   os.makedirs(os.path.join(workdir, "packed"), exist_ok=True)
   n, d = data.num_entities, config.model.dim
   full_bytes = packing.full_table_bytes(n, d)

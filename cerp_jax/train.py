@@ -703,7 +703,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _check_workdir_config(config, workdir)
   logging.info("devices: %s", jax.devices())
   results = {}
-  if config.model.embedding == "full":
+  if not emb_lib.prunes(config.model.embedding):  # full, QR, hashing: one dense training run
     if config.stage in ("retrain", "all"):
       results["full"] = retrain_stage(config, data, workdir, None)
     return results

@@ -33,16 +33,22 @@ def get_config(arg: str = ""):
   c.data.split_seed = 2023
 
   c.model = ml_collections.ConfigDict()
-  c.model.embedding = "cerp"     # 'cerp' | 'full'.
+  c.model.embedding = "cerp"     # 'cerp' | 'full' | 'qr' | 'hash' | 'pep' (cerp_jax/baselines.py).
   c.model.backbone = "mf"        # 'mf' | 'mlp' (spec §4.4) | 'lightgcn' (spec §4.5).
   c.model.dim = 128              # d.
-  c.model.bucket_size = 1000     # b (rows of P and Q); needs ceil(N/b) ≤ b.
+  c.model.bucket_size = 1000     # b: CERP rows of P and Q (needs ceil(N/b) ≤ b); QR remainder rows.
   c.model.combine = "sum"        # 'sum' (paper) | 'concat'.
   c.model.threshold_type = "element-wise"  # | 'global'.
   c.model.threshold_init = -100.0          # spec §2.
   c.model.threshold_init_method = "all_ones"
   c.model.full_init = "normal"   # full table: N(0, std²) | 'xavier_uniform'.
   c.model.full_init_std = 0.1
+  c.model.qr_operation = "mult"  # QR (Shi et al. 2020): 'mult' (DLRM default) | 'add' | 'concat'.
+  c.model.hash_rows = 10_000     # hashing trick: rows B of the one shared table.
+  c.model.hash_num_hashes = 2    # hash functions; an entity's vector sums its k hashed rows.
+  c.model.hash_seed = 0          # seeds the hash functions (not the run seed).
+  c.model.pep_threshold_type = "element-wise"  # PEP: | 'dimension' | 'row' | 'global'.
+  c.model.pep_threshold_init = -15.0           # PEP's code; use prune.gamma_init=0 (no CERP reg.).
   c.model.mlp_num_layers = 3
   c.model.mlp_dropout = 0.0
   c.model.mlp_eval_item_chunk = 2048

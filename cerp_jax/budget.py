@@ -1,0 +1,432 @@
+"""Budget solver: turns (method, byte budget) into the settings whose packed tables fill the budget.
+
+A budget is a number of bytes of the *packed* embedding tables, measured by one packer for every
+method (:mod:`cerp_jax.packing`; DECISIONS.md, Budgets). Sweeps give budgets as fractions of the
+uncompressed float32 ``[N, d_ref]`` table, ``packing.full_table_bytes(N, d_ref) = N·d_ref·4 + 16``.
+Every setting must land in ``[lo, hi]·budget`` (default ``[0.9, 1.0]``) of measured packed bytes.
+
+How each method is sized (the knob, and what stays fixed):
+
+============  ===========================  ============================================================
+method        knob                          sizing rule
+============  ===========================  ============================================================
+``full``      d                             largest d whose dense ``[N, d]`` table fits (the "smaller d"
+                                            baseline)
+``qr``        b (remainder rows)            largest b ≥ ceil(√N) whose ``[ceil(N/b), d_ref] + [b, d_ref]``
+                                            fits (b < √N mirrors a larger b with the roles swapped)
+``hash``      B (rows)                      largest B whose ``[B, d_ref]`` table fits
+``pep``       target sparsity s (of N·d)    the largest non-zero count n whose packed ``[N, d_ref]``
+                                            table fits; s = 1 − n/(N·d_ref)
+``cerp``      b, then s (of 2·b·d)          b: largest (≥ the smallest valid b) whose tables fit at the
+                                            configured sparsity ``cerp_sparsity``; then s is lowered to
+                                            the largest non-zero count that still fits
+============  ===========================  ============================================================
+
+Dense methods are predicted exactly (all entries non-zero ⇒ the packer picks the dense layout). For
+pruned methods the packed size depends on how many non-zeros each table keeps; the prediction is an
+upper bound: the worst split of n non-zeros over CERP's two tables, plus ``SLACK_BYTES`` for the
+header digits of smaller counts (the snapshot is taken at the first step with ≤ n non-zeros, so a
+run can only land lower). The sweep verifies the measured size of every run after packing.
+
+The packer's file format (magic, JSON header, raw arrays) is mirrored here in closed form so that
+sizes for millions of candidate non-zero counts cost microseconds; ``tests/test_budget.py`` checks it
+against :func:`cerp_jax.packing.pack` byte for byte.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+
+from cerp_jax import baselines
+from cerp_jax import embeddings as emb_lib
+from cerp_jax import packing
+
+METHODS = ("full", "qr", "hash", "pep", "cerp")
+PRUNED = ("pep", "cerp")
+SLACK_BYTES = 32  # header-digit jitter allowance for pruned methods (see module docstring)
+
+
+class BudgetError(ValueError):
+  """No setting of a method lands in the budget window."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Exact packed sizes (closed-form mirror of cerp_jax.packing)
+# --------------------------------------------------------------------------------------------------
+
+_MAGIC_AND_LENGTH = len(packing.MAGIC) + 4
+
+
+def _digits(x) -> np.ndarray:
+  """Decimal digits of non-negative integers (vectorised, exact)."""
+  x = np.asarray(x, np.int64)
+  d = np.ones_like(x)
+  for k in range(1, 19):
+    d += x >= 10 ** k
+  return d
+
+
+def _uint_itemsize(max_value) -> np.ndarray:
+  """Itemsize of :func:`cerp_jax.packing._uint_dtype` (smallest unsigned dtype holding the value)."""
+  m = np.asarray(max_value, np.int64)
+  return np.select([m <= 0xFF, m <= 0xFFFF, m <= 0xFFFFFFFF], [1, 2, 4], 8)
+
+
+def _layout_arrays(layout: str, rows: int, cols: int, nnz) -> list[tuple[str, object, object]]:
+  """``(part, length, itemsize)`` of the arrays :func:`packing.encode_table` writes (all 1-D; every
+  dtype string, ``i8 f4 u1 u2 u4 u8``, has 2 characters)."""
+  nnz = np.asarray(nnz, np.int64)
+  shape = ("shape", 2, 8)
+  if layout == "dense":
+    return [shape, ("values", rows * cols + 0 * nnz, 4)]
+  if layout == "csr":
+    return [shape, ("values", nnz, 4), ("indices", nnz, int(_uint_itemsize(max(cols - 1, 0)))),
+            ("indptr", rows + 1, _uint_itemsize(nnz))]
+  if layout == "bitmap":
+    return [shape, ("values", nnz, 4), ("bitmap", -(-rows * cols // 8), 1)]
+  raise ValueError(f"layout={layout!r}: expected one of {packing.LAYOUTS}")
+
+
+def _container_bytes(arrays: Sequence[tuple[str, object, object]]) -> np.ndarray:
+  """Size of ``packing._serialize`` of named 1-D arrays ``(name, length, itemsize)`` (broadcast).
+
+  ``MAGIC + uint32 + json.dumps([[name, dtype, [length], offset], ...], separators=(',', ':'))`` +
+  payload; one header entry is ``11 + len(name) + len(dtype) + digits(length) + digits(offset)``.
+  """
+  offset = np.int64(0)
+  header = 2 + max(len(arrays) - 1, 0)
+  for name, length, itemsize in arrays:
+    length = np.asarray(length, np.int64)
+    header = header + 11 + len(name) + 2 + _digits(length) + _digits(offset)
+    offset = offset + length * np.asarray(itemsize, np.int64)
+  return _MAGIC_AND_LENGTH + header + offset
+
+
+def table_sizes(rows: int, cols: int, nnz) -> np.ndarray:
+  """``[3, ...]`` bytes of one ``[rows, cols]`` table with ``nnz`` non-zeros serialized alone in each
+  layout of ``packing.LAYOUTS`` (the sizes :func:`packing.pack` compares)."""
+  return np.stack([np.broadcast_to(_container_bytes(_layout_arrays(l, rows, cols, nnz)),
+                                   np.shape(nnz)) for l in packing.LAYOUTS])
+
+
+def chosen_layouts(rows: int, cols: int, nnz) -> np.ndarray:
+  """Index into ``packing.LAYOUTS`` the packer picks (smallest; ties to the first), ``[...]`` int."""
+  return np.argmin(table_sizes(rows, cols, nnz), axis=0)
+
+
+def packed_bytes(tables: Sequence[tuple[str, int, int, object]]) -> np.ndarray:
+  """Exact size of :func:`packing.pack`'s file for tables of given shapes and non-zero counts.
+
+  The size depends only on each table's shape and number of non-zeros, not on where they are.
+
+  Args:
+    tables: ``(name, rows, cols, nnz)`` in the order of the embedding's ``tables()`` dict; ``nnz`` may
+      be an int array (broadcast across tables) to size many candidates at once.
+
+  Returns:
+    bytes (int64 array, 0-d for scalar inputs).
+  """
+  choices = [chosen_layouts(rows, cols, nnz) for _, rows, cols, nnz in tables]
+  shape = np.broadcast_shapes(*[np.shape(c) for c in choices])
+  out = np.zeros(shape, np.int64)
+  for combo in itertools.product(range(len(packing.LAYOUTS)), repeat=len(tables)):
+    arrays = []
+    for (name, rows, cols, nnz), li in zip(tables, combo):
+      arrays += [(f"{name}/{part}", length, isz) for part, length, isz in
+                 _layout_arrays(packing.LAYOUTS[li], rows, cols, nnz)]
+    hit = np.ones(shape, bool)
+    for c, li in zip(choices, combo):
+      hit &= np.broadcast_to(c == li, shape)
+    if hit.any():
+      out = np.where(hit, np.broadcast_to(_container_bytes(arrays), shape), out)
+  return out
+
+
+def dense_bytes(tables: Sequence[tuple[str, int, int]]) -> int:
+  """Packed bytes of fully dense (no zero entry) tables ``(name, rows, cols)``, exact."""
+  return int(packed_bytes([(n, r, c, r * c) for n, r, c in tables]))
+
+
+def budget_bytes(fraction: float, num_entities: int, reference_dim: int) -> int:
+  """``floor(fraction · (N·d_ref·4 + 16))``: a budget given as a fraction of the full table."""
+  return int(math.floor(fraction * packing.full_table_bytes(num_entities, reference_dim)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Settings
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  """The solver's answer for one (method, budget).
+
+  Attributes:
+    method: one of ``METHODS``.
+    budget_fraction: the budget as a fraction of the full float32 ``[N, d_ref]`` table (1.0 and
+      ``reference=True`` for the uncompressed reference run).
+    budget_bytes: the budget in bytes.
+    overrides: config fields (dotted paths) that realise the setting, e.g. ``{'model.dim': 3}``.
+    predicted_bytes: packed bytes the run will have (dense methods: exact; pruned: an upper bound).
+    predicted_min_bytes: the least packed bytes if the snapshot has exactly the budgeted non-zeros
+      (the best split of them over tables); equal to ``predicted_bytes`` for dense methods.
+    nonzeros: the non-zero budget of a pruned method (``int((1 − s)·entries)``), else None.
+    summary: human-readable knob values, e.g. ``'b=1,666 s=0.4996'``.
+    reference: the uncompressed full table at ``d_ref`` (a marker, not a budgeted run).
+  """
+
+  method: str
+  budget_fraction: float
+  budget_bytes: int
+  overrides: dict
+  predicted_bytes: int
+  predicted_min_bytes: int
+  nonzeros: Optional[int]
+  summary: str
+  reference: bool = False
+
+  @property
+  def fill(self) -> float:
+    return self.predicted_bytes / self.budget_bytes
+
+  def to_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["overrides"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.overrides.items()}
+    return d
+
+
+def _check_window(method, budget, lo_bytes, hi_bytes, fraction, window, what):
+  if not window[0] * budget <= lo_bytes <= hi_bytes <= window[1] * budget:
+    raise BudgetError(
+        f"{method} at budget {fraction:g} ({budget:,} bytes): {what} packs to {lo_bytes:,}–"
+        f"{hi_bytes:,} bytes = {lo_bytes / budget:.1%}–{hi_bytes / budget:.1%} of the budget, outside "
+        f"[{window[0]:.0%}, {window[1]:.0%}]; change the budget fractions (config sweep.budgets)")
+
+
+def _largest(lo: int, hi: int, fits) -> Optional[int]:
+  """Largest integer x in [lo, hi] with fits(x), for a monotone predicate (True then False)."""
+  if lo > hi or not fits(lo):
+    return None
+  while lo < hi:
+    mid = (lo + hi + 1) // 2
+    if fits(mid):
+      lo = mid
+    else:
+      hi = mid - 1
+  return lo
+
+
+def sparsity_for(nonzeros: int, entries: int) -> float:
+  """A target sparsity s (rounded to 8 decimals) whose budget ``int((1 − s)·entries)``
+  (:func:`cerp_jax.pruning.budgets`) is at most ``nonzeros`` and as close to it as the rounding
+  allows."""
+  s = round(1.0 - nonzeros / entries, 8)
+  while int((1 - s) * entries) > nonzeros:
+    s = round(s + 1e-8, 8)
+  while s - 1e-8 > 0 and int((1 - (s - 1e-8)) * entries) <= nonzeros:
+    s = round(s - 1e-8, 8)
+  return s
+
+
+def solve_full(budget: int, num_entities: int) -> tuple[int, int]:
+  """(d, bytes): the widest full table ``[N, d]`` that fits."""
+  d = _largest(1, max(budget // (4 * num_entities), 1) + 1,
+               lambda d: dense_bytes([("E", num_entities, d)]) <= budget)
+  if d is None:
+    raise BudgetError(f"full: even d=1 ({dense_bytes([('E', num_entities, 1)]):,} bytes) exceeds "
+                      f"the budget of {budget:,} bytes")
+  return d, dense_bytes([("E", num_entities, d)])
+
+
+def qr_bytes(num_entities: int, num_collisions: int, dim: int) -> int:
+  """Packed bytes of QR's tables ``Q [ceil(N/b), d]``, ``R [b, d]`` (dense)."""
+  return dense_bytes([("Q", baselines.qr_num_quotients(num_entities, num_collisions), dim),
+                      ("R", num_collisions, dim)])
+
+
+def solve_qr(budget: int, num_entities: int, dim: int) -> tuple[int, int]:
+  """(b, bytes): the largest remainder table b ≥ ceil(√N) whose QR tables fit."""
+  b_lo = max(1, math.isqrt(max(num_entities - 1, 0)) + 1) if num_entities > 1 else 1
+  b_lo = min(b_lo, num_entities)
+  b = _largest(b_lo, num_entities, lambda b: qr_bytes(num_entities, b, dim) <= budget)
+  if b is None:
+    raise BudgetError(f"qr: the smallest QR tables (b={b_lo}: {qr_bytes(num_entities, b_lo, dim):,} "
+                      f"bytes) exceed the budget of {budget:,} bytes at d={dim}")
+  return b, qr_bytes(num_entities, b, dim)
+
+
+def solve_hash(budget: int, dim: int) -> tuple[int, int]:
+  """(B, bytes): the most rows of the shared ``[B, d]`` table that fit."""
+  rows = _largest(1, max(budget // (4 * dim), 1) + 1,
+                  lambda r: dense_bytes([("T", r, dim)]) <= budget)
+  if rows is None:
+    raise BudgetError(f"hash: one row of d={dim} exceeds the budget of {budget:,} bytes")
+  return rows, dense_bytes([("T", rows, dim)])
+
+
+def pep_bytes(num_entities: int, dim: int, nonzeros) -> np.ndarray:
+  """Packed bytes of PEP's ``E [N, d]`` with ``nonzeros`` non-zeros (exact)."""
+  return packed_bytes([("E", num_entities, dim, nonzeros)])
+
+
+def solve_pep(budget: int, num_entities: int, dim: int) -> tuple[float, int, int, int]:
+  """(s, nonzeros, upper bytes, bytes at nonzeros): the most non-zeros of ``[N, d]`` that fit."""
+  entries = num_entities * dim
+  n = _largest(0, entries, lambda n: int(pep_bytes(num_entities, dim, n)) + SLACK_BYTES <= budget)
+  if n is None:
+    raise BudgetError(f"pep: even an empty [N, d] table exceeds the budget of {budget:,} bytes")
+  s = sparsity_for(n, entries)
+  n = int((1 - s) * entries)
+  exact = int(pep_bytes(num_entities, dim, n))
+  return s, n, exact + SLACK_BYTES, exact
+
+
+def _split_candidates(total: int, per_table: int, rows: int, cols: int) -> np.ndarray:
+  """Non-zeros of the first of two equal ``[rows, cols]`` tables worth checking for the extreme
+  packed size of ``total`` non-zeros: the ends, the middle, and every point where a table's size
+  stops being linear (layout changes, index dtype changes, digit changes), mirrored."""
+  lo, hi = max(0, total - per_table), min(total, per_table)
+  # where the chosen layout or the indptr dtype changes (piecewise-linear pieces of a table's size)
+  breaks = [0, per_table, 0xFF, 0x100, 0xFFFF, 0x10000]
+  breaks += [10 ** k + e for k in range(1, 10) for e in (-1, 0)]
+  grid = np.arange(0, per_table + 1, max(1, per_table // 4096))
+  ch = chosen_layouts(rows, cols, grid)
+  for i in np.nonzero(np.diff(ch))[0]:  # refine each layout change on the coarse grid
+    a, b = int(grid[i]), int(grid[i + 1])
+    seg = np.arange(a, b + 1)
+    c = chosen_layouts(rows, cols, seg)
+    breaks += [int(seg[j]) for j in np.nonzero(np.diff(c))[0]] + [a, b]
+  pts = set()
+  for x in breaks:
+    for y in (x - 1, x, x + 1, total - x - 1, total - x, total - x + 1):
+      pts.add(y)
+  pts |= {lo, hi, total // 2, total - total // 2}
+  return np.array(sorted(p for p in pts if lo <= p <= hi), np.int64)
+
+
+def cerp_bytes_range(num_entities: int, bucket_size: int, dim: int, nonzeros: int) -> tuple[int, int]:
+  """(min, max) packed bytes of CERP's ``P, Q [b, d]`` over the splits of ``nonzeros`` between them."""
+  del num_entities
+  per = bucket_size * dim
+  a = _split_candidates(nonzeros, per, bucket_size, dim)
+  sizes = packed_bytes([("P", bucket_size, dim, a), ("Q", bucket_size, dim, nonzeros - a)])
+  return int(sizes.min()), int(sizes.max())
+
+
+def solve_cerp(budget: int, num_entities: int, dim: int,
+               sparsity: float) -> tuple[int, float, int, int, int]:
+  """(b, s, nonzeros, upper bytes, min bytes): CERP sized at a fixed target sparsity, then filled.
+
+  b is the largest bucket size (at least the smallest valid one, ``ceil(N/b) ≤ b``) whose tables at
+  target sparsity ``sparsity`` fit in the worst split; then s is lowered to the largest non-zero
+  count that still fits (so the file lands as close under the budget as possible).
+  """
+  b_min = emb_lib.smallest_valid_bucket_size(num_entities)
+
+  def upper(b, n):
+    return cerp_bytes_range(num_entities, b, dim, n)[1] + SLACK_BYTES
+
+  b = _largest(b_min, max(num_entities, b_min),
+               lambda b: upper(b, int((1 - sparsity) * 2 * b * dim)) <= budget) or b_min
+  entries = 2 * b * dim
+  n = _largest(0, entries, lambda n: upper(b, n) <= budget)
+  if n is None:
+    raise BudgetError(f"cerp: even empty tables at the smallest valid b={b_min} exceed the budget of "
+                      f"{budget:,} bytes")
+  s = sparsity_for(n, entries)
+  n = int((1 - s) * entries)
+  lo, hi = cerp_bytes_range(num_entities, b, dim, n)
+  return b, s, n, hi + SLACK_BYTES, lo
+
+
+def solve(method: str, fraction: float, num_entities: int, reference_dim: int, *,
+          cerp_sparsity: float = 0.5, window: Sequence[float] = (0.9, 1.0)) -> Setting:
+  """Settings of one method for a budget of ``fraction`` × the full float32 ``[N, d_ref]`` table.
+
+  Args:
+    method: 'full' | 'qr' | 'hash' | 'pep' | 'cerp'.
+    fraction: budget fraction in (0, 1].
+    num_entities: N = users + items.
+    reference_dim: d_ref (the full table's width; QR, hashing, PEP and CERP use it as their d).
+    cerp_sparsity: CERP's target sparsity when choosing b.
+    window: the allowed packed bytes as fractions of the budget.
+
+  Returns:
+    the :class:`Setting`.
+
+  Raises:
+    BudgetError: no setting lands in the window (message says by how much).
+    ValueError: unknown method.
+  """
+  budget = budget_bytes(fraction, num_entities, reference_dim)
+  n, d = num_entities, reference_dim
+  if method == "full":
+    dd, by = solve_full(budget, n)
+    _check_window(method, budget, by, by, fraction, window, f"d={dd}")
+    return Setting(method, fraction, budget, {"model.embedding": "full", "model.dim": dd}, by, by,
+                   None, f"d={dd}")
+  if method == "qr":
+    b, by = solve_qr(budget, n, d)
+    q = baselines.qr_num_quotients(n, b)
+    _check_window(method, budget, by, by, fraction, window, f"b={b}")
+    return Setting(method, fraction, budget, {"model.embedding": "qr", "model.dim": d,
+                                               "model.bucket_size": b}, by, by, None,
+                   f"b={b:,} (Q {q:,}×{d}, R {b:,}×{d})")
+  if method == "hash":
+    rows, by = solve_hash(budget, d)
+    _check_window(method, budget, by, by, fraction, window, f"B={rows}")
+    return Setting(method, fraction, budget, {"model.embedding": "hash", "model.dim": d,
+                                               "model.hash_rows": rows}, by, by, None,
+                   f"B={rows:,} rows")
+  if method == "pep":
+    s, nnz, hi, exact = solve_pep(budget, n, d)
+    _check_window(method, budget, exact, hi, fraction, window, f"s={s}")
+    return Setting(method, fraction, budget, {"model.embedding": "pep", "model.dim": d,
+                                               "target_sparsities": (s,)}, hi, exact, nnz,
+                   f"s={s:.4f} of N·d ({nnz:,} non-zeros)")
+  if method == "cerp":
+    b, s, nnz, hi, lo = solve_cerp(budget, n, d, cerp_sparsity)
+    _check_window(method, budget, lo, hi, fraction, window, f"b={b}, s={s}")
+    return Setting(method, fraction, budget, {"model.embedding": "cerp", "model.dim": d,
+                                               "model.bucket_size": b, "target_sparsities": (s,)},
+                   hi, lo, nnz, f"b={b:,} s={s:.4f} of 2bd ({nnz:,} non-zeros)")
+  raise ValueError(f"method={method!r}: expected one of {METHODS}")
+
+
+def reference_setting(num_entities: int, reference_dim: int) -> Setting:
+  """The uncompressed full table at d_ref (the frontier's marker; not held to a budget window)."""
+  budget = packing.full_table_bytes(num_entities, reference_dim)
+  by = dense_bytes([("E", num_entities, reference_dim)])
+  return Setting("full", 1.0, budget, {"model.embedding": "full", "model.dim": reference_dim}, by,
+                 by, None, f"d={reference_dim} (reference)", reference=True)
+
+
+def solve_all(methods: Sequence[str], fractions: Sequence[float], num_entities: int,
+              reference_dim: int, *, cerp_sparsity: float = 0.5,
+              window: Sequence[float] = (0.9, 1.0)) -> list[Setting]:
+  """:func:`solve` for every (method, fraction), methods outer, fractions ascending."""
+  return [solve(m, f, num_entities, reference_dim, cerp_sparsity=cerp_sparsity, window=window)
+          for m in methods for f in sorted(fractions)]
+
+
+def markdown_table(settings: Sequence[Setting]) -> str:
+  """The solver's table: method × budget → settings and predicted packed bytes."""
+  lines = ["| method | budget | budget bytes | setting | predicted bytes | of budget |",
+           "|---|---|---|---|---|---|"]
+  for s in settings:
+    pred = (f"{s.predicted_bytes:,}" if s.predicted_min_bytes == s.predicted_bytes else
+            f"{s.predicted_min_bytes:,} – {s.predicted_bytes:,}")
+    share = (f"{s.predicted_bytes / s.budget_bytes:.2%}" if s.predicted_min_bytes ==
+             s.predicted_bytes else f"{s.predicted_min_bytes / s.budget_bytes:.2%} – "
+             f"{s.predicted_bytes / s.budget_bytes:.2%}")
+    if s.reference:  # not held to a window: the full table plus the container's header
+      budget, share = "reference", "(full table)"
+    else:
+      budget = f"{s.budget_fraction:.1%}"
+    lines.append(f"| {s.method} | {budget} | {s.budget_bytes:,} | {s.summary} | {pred} | {share} |")
+  return "\n".join(lines)

@@ -1,0 +1,149 @@
+"""The budget solver: exact packed-size mirror, and every (method, budget) measured in [90 %, 100 %]."""
+
+import numpy as np
+import pytest
+
+from cerp_jax import baselines
+from cerp_jax import budget as B
+from cerp_jax import embeddings as E
+from cerp_jax import packing
+from cerp_jax import pruning
+
+RNG = np.random.default_rng(0)
+
+
+def _table(rows, cols, nnz, rng=RNG):
+  t = np.zeros(rows * cols, np.float32)
+  t[rng.choice(rows * cols, nnz, replace=False)] = rng.standard_normal(nnz).astype(np.float32) + 5
+  return t.reshape(rows, cols)
+
+
+def _measured(tables: dict) -> int:
+  blob, rep = packing.pack(tables)
+  assert rep["packed_bytes"] == len(blob)
+  return len(blob)
+
+
+@pytest.mark.parametrize("rows,cols,nnz", [
+    (1, 1, 0), (1, 1, 1), (37, 130, 0), (37, 130, 5), (37, 130, 2000), (37, 130, 37 * 130),
+    (1000, 128, 255), (1000, 128, 256), (1000, 128, 30_000), (1000, 128, 65_535),
+    (1000, 128, 65_536), (1000, 128, 127_000), (1000, 128, 128_000), (10, 300, 2999),
+    (3, 70_000, 10)])
+def test_packed_bytes_exact_one_table(rows, cols, nnz):
+  assert int(B.packed_bytes([("E", rows, cols, nnz)])) == _measured({"E": _table(rows, cols, nnz)})
+
+
+def test_packed_bytes_exact_random_two_tables_and_vectorised():
+  rng = np.random.default_rng(3)
+  for _ in range(60):
+    specs = []
+    for name in ("P", "Q"):
+      r, c = int(rng.integers(1, 300)), int(rng.integers(1, 260))
+      specs.append((name, r, c, int(rng.integers(0, r * c + 1))))
+    tables = {n: _table(r, c, z, rng) for n, r, c, z in specs}
+    assert int(B.packed_bytes(specs)) == _measured(tables)
+  # vectorised over non-zero counts = one call per count
+  counts = np.array([0, 10, 500, 3000, 4000])
+  vec = B.packed_bytes([("P", 40, 100, counts), ("Q", 40, 100, 4000 - counts)])
+  for i, n in enumerate(counts):
+    assert vec[i] == int(B.packed_bytes([("P", 40, 100, int(n)), ("Q", 40, 100, int(4000 - n))]))
+
+
+def test_budget_bytes_and_reference():
+  assert B.budget_bytes(0.25, 70839, 128) == int(0.25 * (70839 * 128 * 4 + 16))
+  ref = B.reference_setting(320, 32)
+  assert ref.reference and ref.overrides == {"model.embedding": "full", "model.dim": 32}
+  assert ref.predicted_bytes == _measured({"E": np.ones((320, 32), np.float32)})
+
+
+def test_sparsity_for_matches_pruning_budgets():
+  for entries in (7552, 9_067_392, 256_000):
+    for n in (0, 1, 1234, entries // 3, entries - 1):
+      s = B.sparsity_for(n, entries)
+      got = int(pruning.budgets([s], entries)[0]) if 0 < s < 1 else int((1 - s) * entries)
+      assert got <= n and n - got <= 2
+
+
+def _realise(setting: B.Setting, n: int, split: float = 0.5, nonzeros=None) -> dict:
+  """Tables with the shapes (and non-zero counts) a run of this setting packs."""
+  o, d = setting.overrides, setting.overrides["model.dim"]
+  m = o["model.embedding"]
+  if m == "full":
+    return {"E": _table(n, d, n * d)}
+  if m == "qr":
+    b = o["model.bucket_size"]
+    return {"Q": _table(baselines.qr_num_quotients(n, b), d, baselines.qr_num_quotients(n, b) * d),
+            "R": _table(b, d, b * d)}
+  if m == "hash":
+    r = o["model.hash_rows"]
+    return {"T": _table(r, d, r * d)}
+  nnz = setting.nonzeros if nonzeros is None else nonzeros
+  if m == "pep":
+    return {"E": _table(n, d, nnz)}
+  b = o["model.bucket_size"]
+  a = min(max(int(split * nnz), nnz - b * d), b * d)
+  return {"P": _table(b, d, a), "Q": _table(b, d, nnz - a)}
+
+
+@pytest.mark.parametrize("n,d_ref,fractions", [
+    (320, 32, (0.2, 0.4)),                  # configs/sweep_test.py on the tests' synthetic data
+    (140, 32, (0.2, 0.4)),
+    (3000, 64, (0.05, 0.1, 0.25)),       # (2.5 %: QR needs ≥ 2√N rows, 3.7 %)
+])
+@pytest.mark.parametrize("method", B.METHODS)
+def test_solver_meets_every_budget_measured(n, d_ref, fractions, method):
+  """Pack tables of exactly the solved shapes / non-zero budgets: measured bytes in [90 %, 100 %]."""
+  for f in fractions:
+    s = B.solve(method, f, n, d_ref)
+    assert s.budget_bytes == B.budget_bytes(f, n, d_ref)
+    assert 0.9 * s.budget_bytes <= s.predicted_min_bytes <= s.predicted_bytes <= s.budget_bytes
+    splits = (0.5, 0.3, 0.0, 1.0) if method == "cerp" else (0.5,)
+    for split in splits:
+      measured = _measured(_realise(s, n, split))
+      assert 0.9 * s.budget_bytes <= measured <= s.budget_bytes, (method, f, split, measured)
+      if method in B.PRUNED:
+        assert s.predicted_min_bytes <= measured <= s.predicted_bytes
+      else:
+        assert measured == s.predicted_bytes
+    if method in B.PRUNED:
+      # a snapshot can only have fewer non-zeros than the budget: still within the budget
+      for fewer in (s.nonzeros - 1, int(0.98 * s.nonzeros)):
+        assert _measured(_realise(s, n, nonzeros=fewer)) <= s.budget_bytes
+
+
+def test_gowalla_settings_are_sane():
+  n = 29858 + 40981
+  settings = B.solve_all(B.METHODS, (0.025, 0.05, 0.1, 0.25), n, 128)
+  by = {(s.method, s.budget_fraction): s for s in settings}
+  assert [by["full", f].overrides["model.dim"] for f in (0.025, 0.05, 0.1, 0.25)] == [3, 6, 12, 31]
+  for f in (0.025, 0.05, 0.1, 0.25):
+    cerp = by["cerp", f]
+    b = cerp.overrides["model.bucket_size"]
+    assert b >= E.smallest_valid_bucket_size(n)
+    (s,) = cerp.overrides["target_sparsities"]
+    assert abs(s - 0.5) < 0.01  # sized at sweep.cerp_sparsity
+    assert int(pruning.budgets([s], 2 * b * 128)[0]) == cerp.nonzeros
+    (sp,) = by["pep", f].overrides["target_sparsities"]
+    assert int(pruning.budgets([sp], n * 128)[0]) == by["pep", f].nonzeros
+    assert by["qr", f].overrides["model.bucket_size"] ** 2 >= n  # b ≥ √N
+  assert all(0.9 <= s.fill <= 1.0 for s in settings)
+  assert len(B.markdown_table(settings).splitlines()) == 2 + len(settings)
+
+
+def test_infeasible_budgets_are_refused_clearly():
+  # d_ref = 16, 25 %: d = 4 does not fit (container overhead), d = 3 is 75 % of the budget
+  with pytest.raises(B.BudgetError, match=r"full at budget 0.25 .* outside \[90%, 100%\]"):
+    B.solve("full", 0.25, 320, 16)
+  with pytest.raises(B.BudgetError, match="qr: the smallest QR tables"):
+    B.solve("qr", 0.01, 320, 32)
+  with pytest.raises(B.BudgetError, match="full: even d=1"):
+    B.solve("full", 0.001, 320, 32)
+  with pytest.raises(ValueError, match="method='dhe'"):
+    B.solve("dhe", 0.1, 320, 32)
+
+
+def test_cerp_sparsity_knob_moves_b():
+  lo = B.solve("cerp", 0.1, 3000, 64, cerp_sparsity=0.5)
+  hi = B.solve("cerp", 0.1, 3000, 64, cerp_sparsity=0.8)
+  assert hi.overrides["model.bucket_size"] > lo.overrides["model.bucket_size"]
+  assert hi.overrides["target_sparsities"][0] > lo.overrides["target_sparsities"][0]
