@@ -1,0 +1,498 @@
+"""Memory–accuracy frontier: every method at every byte budget, equal protocol, one command.
+
+``python sweep.py --config=configs/sweep_gowalla_mf.py --workdir=DIR`` runs, for each method of
+``config.sweep.methods`` and each budget fraction of ``config.sweep.budgets`` (of the full float32
+``[N, d_ref]`` table), the settings :mod:`cerp_jax.budget` solves for, through the same path as
+``train.py`` + ``eval.py``: :func:`cerp_jax.train.train_and_evaluate` (stage 1 for pruned methods,
+then retraining / training with early stopping on validation) and
+:func:`cerp_jax.report.evaluate_workdir` (pack with :mod:`cerp_jax.packing`, verify, evaluate on test).
+
+Equal protocol: every run takes the base config's ``retrain`` schedule (batch, optimizer, L2, epoch
+cap), its ``eval`` selection and early stopping, and is repeated for every seed of
+``config.sweep.seeds`` and every learning rate of ``config.sweep.lrs`` (the same grid for every
+method; the rate with the best mean validation selection metric is reported). Pruned methods (CERP,
+PEP) run the base config's stage 1 first; PEP without CERP's −Σ tanh² regularizer
+(``prune.gamma_init = 0``, :data:`METHOD_PROTOCOL`).
+
+Workdir::
+
+  plan.json, plan.md          the solver's settings per (method, budget)
+  runs/<run>/                 a train.py workdir per (method, budget, seed, lr), plus eval.json and
+                              sweep_run.json (the run's record; its presence marks the run finished)
+  most_popular.json           test metrics of the most-popular ranking (a floor)
+  runs.csv                    one row per run
+  results.csv, results.md     one row per (method, budget): bytes, Recall@20, NDCG@20, train time
+  frontier.png                Recall@20 and NDCG@20 against packed bytes (log x), one line per method
+
+Rerunning the same command skips finished runs and resumes unfinished ones from their checkpoints.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from typing import Optional, Sequence
+
+from absl import logging
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cerp_jax import budget as budget_lib
+from cerp_jax import data as data_lib
+from cerp_jax import embeddings as emb_lib
+from cerp_jax import evaluation
+from cerp_jax import report
+from cerp_jax import train as train_lib
+
+# Fixed per-method protocol on top of the solver's sizing (documented in the README).
+METHOD_PROTOCOL = {
+    "pep": {"prune.gamma_init": 0.0},  # PEP has no regularizer; thresholds rise by the coupled decay
+}
+METHOD_LABELS = {"full": "full table (smaller d)", "qr": "QR", "hash": "hashing", "pep": "PEP",
+                 "cerp": "CERP"}
+HEADLINE = ("recall@20", "ndcg@20")
+
+
+# --------------------------------------------------------------------------------------------------
+# Plan
+# --------------------------------------------------------------------------------------------------
+
+
+def validate_sweep_config(config) -> None:
+  """Checks ``config.sweep`` before anything runs.
+
+  Raises:
+    ValueError: unknown methods, empty or out-of-range budgets, seeds or learning rates.
+  """
+  sc = config.sweep
+  unknown = [m for m in sc.methods if m not in budget_lib.METHODS]
+  if unknown or not sc.methods:
+    raise ValueError(f"config.sweep.methods={tuple(sc.methods)}: expected a non-empty subset of "
+                     f"{budget_lib.METHODS}")
+  if not sc.budgets or any(not 0 < f <= 1 for f in sc.budgets) or len(set(sc.budgets)) != len(
+      sc.budgets):
+    raise ValueError(f"config.sweep.budgets={tuple(sc.budgets)}: expected distinct fractions in (0, 1]")
+  if not sc.seeds or not sc.lrs or any(lr <= 0 for lr in sc.lrs):
+    raise ValueError("config.sweep.seeds and config.sweep.lrs must be non-empty (lrs > 0)")
+  for m in sc.methods:
+    for k in METHOD_PROTOCOL.get(m, {}):
+      _get(config, k)
+
+
+def plan(config, num_entities: int) -> list[budget_lib.Setting]:
+  """The solver's settings for every (method, budget) of ``config.sweep`` (+ the reference).
+
+  Raises:
+    BudgetError: a (method, budget) cannot land in the window.
+  """
+  sc = config.sweep
+  settings = budget_lib.solve_all(sc.methods, sc.budgets, num_entities, sc.reference_dim,
+                                  cerp_sparsity=sc.cerp_sparsity, window=tuple(sc.window))
+  if sc.reference:
+    settings.append(budget_lib.reference_setting(num_entities, sc.reference_dim))
+  return settings
+
+
+def _get(config, dotted: str):
+  node = config
+  for part in dotted.split("."):
+    node = node[part]
+  return node
+
+
+def _set(config, dotted: str, value):
+  *parents, leaf = dotted.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  if leaf not in node:
+    raise KeyError(f"config has no field {dotted!r}")
+  node[leaf] = value
+
+
+def run_config(config, setting: budget_lib.Setting, seed: int, lr: float) -> ml_collections.ConfigDict:
+  """The train.py config of one run: the base config without ``sweep``, the setting's sizing, the
+  method's protocol (:data:`METHOD_PROTOCOL`), ``seed`` and ``retrain.lr = lr``."""
+  raw = config.to_dict()
+  raw.pop("sweep", None)
+  rc = ml_collections.ConfigDict(raw)
+  for k, v in setting.overrides.items():
+    _set(rc, k, tuple(v) if isinstance(v, list) else v)
+  for k, v in METHOD_PROTOCOL.get(setting.method, {}).items():
+    _set(rc, k, v)
+  rc.seed = int(seed)
+  rc.retrain.lr = float(lr)
+  rc.stage = "all"
+  return rc
+
+
+def run_name(setting: budget_lib.Setting, seed: int, lr: float) -> str:
+  """Folder name of one run, e.g. ``cerp_b0.0250_seed3407_lr0.001`` (``full_reference_…``)."""
+  tag = "reference" if setting.reference else f"b{setting.budget_fraction:.4f}"
+  return f"{setting.method}_{tag}_seed{seed}_lr{lr:g}"
+
+
+# --------------------------------------------------------------------------------------------------
+# One run
+# --------------------------------------------------------------------------------------------------
+
+
+def _read_json(path: str):
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _write_json(path: str, obj) -> None:
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+  os.replace(tmp, path)
+
+
+def _json_default(o):
+  if isinstance(o, np.integer):
+    return int(o)
+  if isinstance(o, np.floating):
+    return float(o)
+  if isinstance(o, (np.ndarray, tuple)):
+    return list(o)
+  raise TypeError(type(o))
+
+
+def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: str) -> dict:
+  """Trains, packs and evaluates one (method, budget, seed, lr) in ``workdir/runs/<run>``.
+
+  Skips the run when its ``sweep_run.json`` exists (finished); an unfinished run resumes from its
+  checkpoints (train.py's resume).
+
+  Returns:
+    the run's record (also ``sweep_run.json``): the setting, measured ``packed_bytes``, ``fill`` =
+    packed / budget bytes, ``within_window``, test metrics (``recall@20`` …), ``valid_selection``
+    (best validation value of the selection metric), ``best_epoch``, ``prune_seconds`` (stage 1),
+    ``retrain_seconds`` (training steps of stage 2, evaluations excluded), ``train_seconds`` (their
+    sum), ``status`` ('ok' | 'not_reached': a pruned method whose stage 1 never met the budget).
+
+  Raises:
+    ValueError: the run folder holds a finished run with other settings.
+  """
+  name = run_name(setting, seed, lr)
+  rdir = os.path.join(workdir, "runs", name)
+  record_path = os.path.join(rdir, "sweep_run.json")
+  want = setting.to_dict()
+  if os.path.exists(record_path):
+    rec = _read_json(record_path)
+    if rec["setting"]["overrides"] != want["overrides"]:
+      raise ValueError(f"{rdir} holds a finished run with settings {rec['setting']['overrides']}, "
+                       f"not {want['overrides']}; remove it or use another --workdir")
+    logging.info("sweep: %s finished before, skipped", name)
+    return rec
+  rc = run_config(config, setting, seed, lr)
+  t0 = time.perf_counter()
+  logging.info("sweep: running %s (%s; predicted %s bytes of a %s-byte budget)", name,
+               setting.summary, f"{setting.predicted_bytes:,}", f"{setting.budget_bytes:,}")
+  results = train_lib.train_and_evaluate(rc, rdir)
+  rec = {"name": name, "method": setting.method, "budget_fraction": setting.budget_fraction,
+         "budget_bytes": setting.budget_bytes, "reference": setting.reference, "seed": int(seed),
+         "lr": float(lr), "setting": want, "summary": setting.summary}
+  prune_seconds = 0.0
+  if emb_lib.prunes(setting.method):
+    prune_seconds = float(_read_json(os.path.join(rdir, "prune", "summary.json"))["seconds"])
+  if not results:
+    rec.update(status="not_reached", packed_bytes=None, fill=None, within_window=False,
+               prune_seconds=prune_seconds, train_seconds=prune_seconds,
+               wall_seconds=time.perf_counter() - t0)
+    logging.warning("sweep: %s: stage 1 never reached the budget; no retraining, no result", name)
+    _write_json(record_path, rec)
+    return rec
+  (train_result,) = results.values()
+  out = report.evaluate_workdir(rdir)
+  (row,) = out["results"]
+  packed = int(row["packed_bytes"])
+  lo, hi = config.sweep.window
+  fill = packed / setting.budget_bytes
+  rec.update(
+      status="ok", packed_bytes=packed, fill=fill,
+      within_window=bool(setting.reference or lo <= fill <= hi),
+      nonzeros=int(row["nonzeros"]), layouts=row["packed_layouts"],
+      valid_selection=train_result["selection"]["value"],
+      selection=train_result["selection"], best_epoch=train_result["best_epoch"],
+      epochs=train_result["epochs"], prune_seconds=prune_seconds,
+      retrain_seconds=float(train_result["train_seconds"]),
+      train_seconds=prune_seconds + float(train_result["train_seconds"]),
+      wall_seconds=time.perf_counter() - t0,
+      num_users_evaluated=row["num_users_evaluated"], sampled=row["sampled"],
+      **{k: v for k, v in row.items() if "@" in k})
+  level = logging.INFO if rec["within_window"] else logging.WARNING
+  logging.log(level, "sweep: %s: %s packed bytes = %.2f%% of the budget%s; test recall@20 %.4f "
+              "ndcg@20 %.4f", name, f"{packed:,}", 100 * fill,
+              "" if rec["within_window"] else " — OUTSIDE the budget window", rec["recall@20"],
+              rec["ndcg@20"])
+  _write_json(record_path, rec)
+  return rec
+
+
+# --------------------------------------------------------------------------------------------------
+# Aggregation and outputs
+# --------------------------------------------------------------------------------------------------
+
+
+def most_popular(config, data: data_lib.Interactions, workdir: str) -> dict:
+  """Test metrics of ranking items by training popularity (cached in ``most_popular.json``)."""
+  path = os.path.join(workdir, "most_popular.json")
+  if os.path.exists(path):
+    return _read_json(path)
+  ec = config.eval
+  ev = evaluation.Evaluator(data, "test", ec.ks, ec.batch_size, user_sample=ec.test_user_sample,
+                            seed=ec.sample_seed)
+  pop = jnp.asarray(evaluation.most_popular_scores(data.train))
+  res = ev.evaluate(lambda p, users: jnp.broadcast_to(p, (users.shape[0], p.shape[0])), pop)
+  out = {k: v for k, v in res.items() if "@" in k or k in ("num_users_evaluated", "sampled")}
+  _write_json(path, out)
+  return out
+
+
+def aggregate(records: Sequence[dict], metric_keys: Sequence[str]) -> list[dict]:
+  """One row per (method, budget): the learning rate with the best mean validation selection value
+  over seeds, then means (and standard deviations) over its seeds.
+
+  Returns:
+    rows with ``method, budget_fraction, budget_bytes, reference, setting, lr, seeds, num_seeds,
+    packed_bytes`` (max over seeds), ``packed_bytes_min``, ``fill`` (max), ``within_window`` (all
+    seeds), ``nonzeros`` (mean), each metric's mean and ``<metric>_std``, ``valid_selection``,
+    ``train_seconds`` (mean), ``status``.
+  """
+  groups: dict = {}
+  for r in records:
+    groups.setdefault((r["method"], r["budget_fraction"], r["reference"]), []).append(r)
+  rows = []
+  for (method, frac, ref), recs in groups.items():
+    by_lr: dict = {}
+    for r in recs:
+      by_lr.setdefault(r["lr"], []).append(r)
+
+    def lr_score(item):
+      ok = [r for r in item[1] if r["status"] == "ok"]
+      return (len(ok) > 0, np.mean([r["valid_selection"] for r in ok]) if ok else -np.inf)
+
+    lr, chosen = max(sorted(by_lr.items()), key=lr_score)
+    ok = [r for r in chosen if r["status"] == "ok"]
+    row = {"method": method, "budget_fraction": frac, "budget_bytes": chosen[0]["budget_bytes"],
+           "reference": ref, "setting": chosen[0]["summary"], "lr": lr,
+           "seeds": " ".join(str(r["seed"]) for r in chosen), "num_seeds": len(chosen),
+           "status": "ok" if len(ok) == len(chosen) else
+           ("partial" if ok else chosen[0]["status"])}
+    if ok:
+      packed = [r["packed_bytes"] for r in ok]
+      row.update(packed_bytes=max(packed), packed_bytes_min=min(packed),
+                 fill=max(packed) / row["budget_bytes"],
+                 within_window=all(r["within_window"] for r in ok),
+                 nonzeros=float(np.mean([r["nonzeros"] for r in ok])),
+                 valid_selection=float(np.mean([r["valid_selection"] for r in ok])),
+                 train_seconds=float(np.mean([r["train_seconds"] for r in ok])))
+      for k in metric_keys:
+        v = [r[k] for r in ok]
+        row[k] = float(np.mean(v))
+        row[k + "_std"] = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+    else:
+      row.update(packed_bytes=None, packed_bytes_min=None, fill=None, within_window=False,
+                 nonzeros=None, valid_selection=None,
+                 train_seconds=float(np.mean([r["train_seconds"] for r in chosen])))
+      for k in metric_keys:
+        row[k] = row[k + "_std"] = None
+    rows.append(row)
+  order = {m: i for i, m in enumerate(budget_lib.METHODS)}
+  rows.sort(key=lambda r: (r["reference"], order.get(r["method"], 99), r["budget_fraction"]))
+  return rows
+
+
+def write_csv(path: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
+  """Writes rows (dicts) with the given columns; missing values are empty."""
+  tmp = path + ".tmp"
+  with open(tmp, "w", newline="", encoding="utf-8") as f:
+    w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+      w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
+  os.replace(tmp, path)
+
+
+RESULT_COLUMNS = ("method", "budget_fraction", "budget_bytes", "reference", "setting", "lr", "seeds",
+                  "num_seeds", "packed_bytes", "packed_bytes_min", "fill", "within_window",
+                  "nonzeros", "recall@20", "recall@20_std", "ndcg@20", "ndcg@20_std", "recall@50",
+                  "ndcg@50", "valid_selection", "train_seconds", "status")
+RUN_COLUMNS = ("name", "method", "budget_fraction", "budget_bytes", "reference", "seed", "lr",
+               "summary", "status", "packed_bytes", "fill", "within_window", "nonzeros",
+               "recall@20", "ndcg@20", "recall@50", "ndcg@50", "valid_selection", "best_epoch",
+               "epochs", "prune_seconds", "retrain_seconds", "train_seconds", "wall_seconds")
+
+
+def _fmt(v, spec=".4f"):
+  return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def _metric_cell(r, k):
+  if r.get(k) is None:
+    return "–"
+  s = f"{r[k]:.4f}"
+  if r.get("num_seeds", 1) > 1:
+    s += f" ± {r[k + '_std']:.4f}"
+  return s
+
+
+def _seconds(v):
+  if v is None:
+    return "–"
+  return f"{v:.0f} s" if v < 120 else (f"{v / 60:.1f} min" if v < 7200 else f"{v / 3600:.1f} h")
+
+
+def markdown(rows: Sequence[dict], config, num_entities: int, pop: Optional[dict]) -> str:
+  """results.md: the protocol, the method × budget table, and pivots of Recall@20 and NDCG@20."""
+  sc, rc, ec = config.sweep, config.retrain, config.eval
+  full_bytes = budget_lib.packing.full_table_bytes(num_entities, sc.reference_dim)
+  sel = f"{ec.selection_split} {ec.selection_metric}"
+  lines = [
+      f"# Memory–accuracy frontier: {config.data.name} / {config.model.backbone}", "",
+      f"N = {num_entities:,} entities; budgets are fractions of the full float32 [N, "
+      f"{sc.reference_dim}] table ({full_bytes:,} bytes) and are measured as the size of the packed "
+      f"file (cerp_jax.packing); window [{sc.window[0]:.0%}, {sc.window[1]:.0%}] of each budget.",
+      f"Protocol (every method): retraining {rc.groups_per_step} triples/step, Adam lr grid "
+      f"{tuple(sc.lrs)} (best mean {sel} chosen), L2 {rc.l2_penalty:g}, ≤ {rc.max_epochs} epochs, "
+      f"evaluation every {ec.every_epochs} epochs, patience {ec.patience}, seeds {tuple(sc.seeds)}; "
+      f"CERP and PEP add stage 1 (pruning) before their lottery-ticket retraining. Test metrics of "
+      f"the selected checkpoint" + (" (± = std over seeds)." if len(sc.seeds) > 1 else "."),
+      "Train time = stage 1 + training steps of stage 2 (evaluations excluded), mean over seeds.",
+      "", "| method | budget | setting | packed bytes | of budget | Recall@20 | NDCG@20 | train time |",
+      "|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    budget = "reference" if r["reference"] else f"{r['budget_fraction']:.1%}"
+    share = "–" if r.get("fill") is None else f"{r['fill']:.1%}" + (
+        "" if r["within_window"] else " ⚠ outside window")
+    bytes_ = "–" if r.get("packed_bytes") is None else f"{r['packed_bytes']:,}"
+    status = "" if r["status"] == "ok" else f" ({r['status']})"
+    lines.append(f"| {METHOD_LABELS.get(r['method'], r['method'])} | {budget} | {r['setting']}"
+                 f"{status} | {bytes_} | {share} | {_metric_cell(r, 'recall@20')} | "
+                 f"{_metric_cell(r, 'ndcg@20')} | {_seconds(r.get('train_seconds'))} |")
+  if pop:
+    lines.append(f"| most popular | 0 | item popularity | – | – | {pop['recall@20']:.4f} | "
+                 f"{pop['ndcg@20']:.4f} | – |")
+  budgets = sorted(sc.budgets)
+  for k, title in (("recall@20", "Recall@20"), ("ndcg@20", "NDCG@20")):
+    lines += ["", f"## {title} by method × budget", "",
+              "| method | " + " | ".join(f"{b:.1%}" for b in budgets) + " |",
+              "|---|" + "---|" * len(budgets)]
+    for m in sc.methods:
+      cells = []
+      for b in budgets:
+        r = next((r for r in rows if r["method"] == m and r["budget_fraction"] == b and
+                  not r["reference"]), None)
+        cells.append("–" if r is None else _fmt(r.get(k)))
+      lines.append(f"| {METHOD_LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+  ref = next((r for r in rows if r["reference"]), None)
+  if ref is not None and ref.get("recall@20") is not None:
+    lines += ["", f"Full table d={sc.reference_dim} (reference, {ref['packed_bytes']:,} bytes): "
+              f"Recall@20 {ref['recall@20']:.4f}, NDCG@20 {ref['ndcg@20']:.4f}."]
+  return "\n".join(lines) + "\n"
+
+
+def plot_frontier(path: str, rows: Sequence[dict], config, pop: Optional[dict]) -> None:
+  """frontier.png: Recall@20 and NDCG@20 against packed bytes (log x), one line per method, a star
+  for the full table at d_ref, a dashed line for the most-popular ranking."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+  markers = {"full": "s", "qr": "^", "hash": "v", "pep": "D", "cerp": "o"}
+  for ax, (k, title) in zip(axes, (("recall@20", "Recall@20"), ("ndcg@20", "NDCG@20"))):
+    for m in config.sweep.methods:
+      pts = sorted((r["packed_bytes"], r[k], r.get(k + "_std") or 0.0) for r in rows
+                   if r["method"] == m and not r["reference"] and r.get(k) is not None)
+      if pts:
+        x, y, e = map(np.asarray, zip(*pts))
+        ax.errorbar(x, y, yerr=e if e.any() else None, marker=markers.get(m, "o"), capsize=3,
+                    label=METHOD_LABELS.get(m, m))
+    ref = next((r for r in rows if r["reference"] and r.get(k) is not None), None)
+    if ref is not None:
+      ax.plot([ref["packed_bytes"]], [ref[k]], marker="*", markersize=15, color="black",
+              linestyle="none", label=f"full table d={config.sweep.reference_dim}")
+    if pop:
+      ax.axhline(pop[k], color="grey", linestyle="--", linewidth=1, label="most popular")
+    for b in sorted({r["budget_bytes"] for r in rows if not r["reference"]}):
+      ax.axvline(b, color="lightgrey", linestyle=":", linewidth=1)  # the budgets
+    ax.set_xscale("log")
+    ax.set_xlabel("packed embedding bytes (log)")
+    ax.set_ylabel(f"test {title}")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+  axes[0].legend(fontsize=8)
+  fig.suptitle(f"{config.data.name} / {config.model.backbone}: accuracy vs memory")
+  fig.tight_layout()
+  tmp = path + ".tmp.png"
+  fig.savefig(tmp, dpi=130)
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry
+# --------------------------------------------------------------------------------------------------
+
+
+def run_sweep(config, workdir: Optional[str], solve_only: bool = False) -> dict:
+  """Solves the budgets, runs every (method, budget, seed, lr) not finished yet, writes the results.
+
+  Args:
+    config: a sweep config (a train config with a ``sweep`` field; ``configs/sweep_*.py``).
+    workdir: the sweep's directory (optional with ``solve_only``).
+    solve_only: only solve and print the settings (and write ``plan.json``/``plan.md`` if workdir).
+
+  Returns:
+    ``{'plan': [settings], 'records': [...], 'rows': [...], 'most_popular': {...}}``.
+
+  Raises:
+    BudgetError: a (method, budget) cannot land in the budget window (before anything trains).
+    ValueError: a bad sweep config, or a run folder holding another setting.
+  """
+  validate_sweep_config(config)
+  data = data_lib.load_interactions(config)
+  settings = plan(config, data.num_entities)
+  table = budget_lib.markdown_table(settings)
+  logging.info("sweep: N=%d, %d settings%s", data.num_entities, len(settings),
+               "" if solve_only else ":\n" + table)
+  out = {"plan": [s.to_dict() for s in settings]}
+  if workdir:
+    os.makedirs(workdir, exist_ok=True)
+    _write_json(os.path.join(workdir, "plan.json"), {"num_entities": data.num_entities,
+                                                     "settings": out["plan"]})
+    with open(os.path.join(workdir, "plan.md"), "w", encoding="utf-8") as f:
+      f.write(table + "\n")
+  if solve_only:
+    print(table)
+    return out
+  if not workdir:
+    raise ValueError("a sweep needs a workdir")
+  sc = config.sweep
+  jobs = [(s, seed, lr) for s in settings for seed in sc.seeds for lr in sc.lrs]
+  records = []
+  for i, (s, seed, lr) in enumerate(jobs):
+    logging.info("sweep: run %d/%d", i + 1, len(jobs))
+    records.append(run_one(config, s, seed, lr, workdir))
+  pop = most_popular(config, data, workdir)
+  metric_keys = sorted({k for r in records for k in r if "@" in k})
+  rows = aggregate(records, metric_keys)
+  write_csv(os.path.join(workdir, "runs.csv"), records, RUN_COLUMNS)
+  write_csv(os.path.join(workdir, "results.csv"), rows, RESULT_COLUMNS)
+  md = markdown(rows, config, data.num_entities, pop)
+  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
+    f.write(md)
+  plot_frontier(os.path.join(workdir, "frontier.png"), rows, config, pop)
+  outside = [r["name"] for r in records if r["status"] == "ok" and not r["within_window"]]
+  if outside:
+    logging.warning("sweep: packed bytes OUTSIDE the budget window for %s", outside)
+  print(md)
+  out.update(records=records, rows=rows, most_popular=pop)
+  return out

@@ -1,0 +1,37 @@
+"""Baselines at equal memory: every method × budget → results.csv, results.md, frontier.png.
+
+  python sweep.py --config=configs/sweep_gowalla_mf.py --workdir=runs/sweep_gowalla_mf
+  python sweep.py --config=configs/sweep_gowalla_mf.py --solve_only   # settings per method × budget
+
+Rerunning the same command skips finished runs and resumes unfinished ones (cerp_jax/sweep.py).
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+from cerp_jax import logs
+from cerp_jax import sweep as sweep_lib
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Sweep configuration file (configs/sweep_*.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory of the sweep (one subfolder per run).")
+flags.DEFINE_bool("solve_only", False, "Only solve the budgets and print the settings.")
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
+  if not FLAGS.workdir and not FLAGS.solve_only:
+    raise app.UsageError("--workdir is required (unless --solve_only)")
+  logs.setup()
+  logging.info("local devices: %s", jax.local_devices())
+  sweep_lib.run_sweep(FLAGS.config, FLAGS.workdir, solve_only=FLAGS.solve_only)
+
+
+if __name__ == "__main__":
+  app.run(main)

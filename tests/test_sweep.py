@@ -1,0 +1,170 @@
+"""sweep.py over the tiny config: all files, one row per (method, budget), measured bytes within
+each budget, the full table beating most-popular, and a rerun that skips finished runs."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cerp_jax import budget as budget_lib
+from cerp_jax import report
+from cerp_jax import sweep as S
+from cerp_jax import train as train_lib
+from conftest import REPO, synthetic_interactions, write_lightgcn
+
+
+@pytest.fixture(scope="module")
+def sweep_config(tmp_path_factory):
+  from configs import sweep_test
+  train, test = synthetic_interactions(num_users=200, num_items=120)  # N = 320
+  c = sweep_test.get_config()
+  c.data.path = str(write_lightgcn(tmp_path_factory.mktemp("data") / "syn", train, test))
+  return c
+
+
+@pytest.fixture(scope="module")
+def swept(sweep_config, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("sweep"))
+  out = S.run_sweep(sweep_config, workdir)
+  return workdir, out
+
+
+def _csv(path):
+  with open(path, newline="") as f:
+    return list(csv.DictReader(f))
+
+
+def test_sweep_writes_all_files_one_row_per_method_and_budget(swept, sweep_config):
+  workdir, out = swept
+  for name in ("results.csv", "results.md", "frontier.png", "runs.csv", "plan.json", "plan.md",
+               "most_popular.json"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0, name
+  with open(os.path.join(workdir, "frontier.png"), "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  rows = _csv(os.path.join(workdir, "results.csv"))
+  sc = sweep_config.sweep
+  budgeted = [(r["method"], float(r["budget_fraction"])) for r in rows if r["reference"] == "False"]
+  assert sorted(budgeted) == sorted((m, b) for m in sc.methods for b in sc.budgets)
+  assert [r["method"] for r in rows if r["reference"] == "True"] == ["full"]
+  assert all(r["status"] == "ok" for r in rows)
+  md = open(os.path.join(workdir, "results.md")).read()
+  for label in ("full table (smaller d)", "QR", "hashing", "PEP", "CERP", "most popular",
+                "Recall@20", "NDCG@20", "train time"):
+    assert label in md
+  assert len(_csv(os.path.join(workdir, "runs.csv"))) == len(out["records"]) == \
+      (len(sc.methods) * len(sc.budgets) + 1) * len(sc.seeds) * len(sc.lrs)
+
+
+def test_every_run_measured_within_its_budget(swept, sweep_config):
+  workdir, out = swept
+  lo, hi = sweep_config.sweep.window
+  for rec in out["records"]:
+    rdir = os.path.join(workdir, "runs", rec["name"])
+    with open(os.path.join(rdir, "eval.json")) as f:
+      (row,) = json.load(f)["results"]
+    # the packer's file, measured on disk, is what the sweep reports
+    assert os.path.getsize(row["packed_file"]) == row["packed_bytes"] == rec["packed_bytes"]
+    if rec["reference"]:
+      continue
+    assert lo * rec["budget_bytes"] <= rec["packed_bytes"] <= hi * rec["budget_bytes"], rec["name"]
+    assert rec["within_window"]
+    pred = rec["setting"]
+    assert rec["packed_bytes"] <= pred["predicted_bytes"]  # the solver's bound holds
+    if rec["method"] in ("full", "qr", "hash"):
+      assert rec["packed_bytes"] == pred["predicted_bytes"]  # dense tables: exact
+
+
+def test_runs_follow_the_equal_protocol(swept, sweep_config):
+  workdir, out = swept
+  for rec in out["records"]:
+    with open(os.path.join(workdir, "runs", rec["name"], "config.json")) as f:
+      rc = json.load(f)
+    assert "sweep" not in rc
+    assert rc["retrain"] == json.loads(sweep_config.retrain.to_json())  | {"lr": rec["lr"]}
+    assert rc["eval"] == json.loads(sweep_config.eval.to_json())
+    assert rc["seed"] == rec["seed"] and rc["model"]["embedding"] == rec["method"]
+    assert rc["prune"]["gamma_init"] == (0.0 if rec["method"] == "pep" else
+                                         sweep_config.prune.gamma_init)
+    for k, v in rec["setting"]["overrides"].items():
+      node = rc
+      for part in k.split("."):
+        node = node[part]
+      assert node == v
+
+
+def test_full_table_beats_most_popular(swept):
+  _, out = swept
+  pop = out["most_popular"]
+  for row in out["rows"]:
+    if row["method"] == "full":
+      assert row["recall@20"] > pop["recall@20"] and row["ndcg@20"] > pop["ndcg@20"], row
+
+
+def test_rerun_skips_finished_runs(swept, sweep_config, monkeypatch):
+  workdir, _ = swept
+  before = {n: open(os.path.join(workdir, n)).read() for n in ("results.csv", "results.md")}
+  calls = []
+
+  def boom(*a, **kw):
+    calls.append(a)
+    raise AssertionError("a finished run was trained or evaluated again")
+
+  monkeypatch.setattr(train_lib, "train_and_evaluate", boom)
+  monkeypatch.setattr(report, "evaluate_workdir", boom)
+  S.run_sweep(sweep_config, workdir)
+  assert not calls
+  for n, text in before.items():
+    assert open(os.path.join(workdir, n)).read() == text
+
+
+def test_rerun_redoes_only_an_unfinished_run(swept, sweep_config, monkeypatch):
+  workdir, out = swept
+  name = next(r["name"] for r in out["records"] if r["method"] == "qr")
+  os.remove(os.path.join(workdir, "runs", name, "sweep_run.json"))
+  trained = []
+  real = train_lib.train_and_evaluate
+
+  def counting(config, wd):
+    trained.append(os.path.basename(wd))
+    return real(config, wd)  # resumes: its checkpoints say it has finished
+
+  monkeypatch.setattr(train_lib, "train_and_evaluate", counting)
+  S.run_sweep(sweep_config, workdir)
+  assert trained == [name]
+  assert os.path.exists(os.path.join(workdir, "runs", name, "sweep_run.json"))
+
+
+def test_run_with_other_settings_refused(swept, sweep_config):
+  workdir, out = swept
+  rec = next(r for r in out["records"] if r["method"] == "hash")
+  s = budget_lib.Setting(**{**rec["setting"], "overrides": {
+      **rec["setting"]["overrides"], "model.hash_rows": 7}})
+  with pytest.raises(ValueError, match="holds a finished run with settings"):
+    S.run_one(sweep_config, s, rec["seed"], rec["lr"], workdir)
+
+
+def test_bad_sweep_config_refused(sweep_config):
+  c = sweep_config.copy_and_resolve_references()
+  c.sweep.methods = ("full", "dhe")
+  with pytest.raises(ValueError, match="config.sweep.methods"):
+    S.validate_sweep_config(c)
+  c = sweep_config.copy_and_resolve_references()
+  c.sweep.budgets = (0.2, 1.5)
+  with pytest.raises(ValueError, match="config.sweep.budgets"):
+    S.validate_sweep_config(c)
+
+
+def test_cli_solve_only(sweep_config, tmp_path):
+  r = subprocess.run([sys.executable, "sweep.py", "--config=configs/sweep_test.py",
+                      f"--config.data.path={sweep_config.data.path}", "--solve_only",
+                      f"--workdir={tmp_path / 'w'}"], cwd=REPO, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "| cerp | 20.0% |" in r.stdout and "| full | reference |" in r.stdout
+  with open(tmp_path / "w" / "plan.json") as f:
+    plan = json.load(f)
+  assert plan["num_entities"] == 320 and len(plan["settings"]) == 11
+  assert not (tmp_path / "w" / "runs").exists()
