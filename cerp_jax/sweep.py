@@ -177,20 +177,22 @@ def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: 
     sum), ``status`` ('ok' | 'not_reached': a pruned method whose stage 1 never met the budget).
 
   Raises:
-    ValueError: the run folder holds a finished run with other settings.
+    ValueError: the run folder holds a finished run with other settings or another protocol (its
+      ``config.json`` differs from this run's config).
   """
   name = run_name(setting, seed, lr)
   rdir = os.path.join(workdir, "runs", name)
   record_path = os.path.join(rdir, "sweep_run.json")
   want = setting.to_dict()
+  rc = run_config(config, setting, seed, lr)
   if os.path.exists(record_path):
     rec = _read_json(record_path)
     if rec["setting"]["overrides"] != want["overrides"]:
       raise ValueError(f"{rdir} holds a finished run with settings {rec['setting']['overrides']}, "
                        f"not {want['overrides']}; remove it or use another --workdir")
+    train_lib._check_workdir_config(rc, rdir)  # pylint: disable=protected-access (same protocol)
     logging.info("sweep: %s finished before, skipped", name)
     return rec
-  rc = run_config(config, setting, seed, lr)
   t0 = time.perf_counter()
   logging.info("sweep: running %s (%s; predicted %s bytes of a %s-byte budget)", name,
                setting.summary, f"{setting.predicted_bytes:,}", f"{setting.budget_bytes:,}")

@@ -146,6 +146,14 @@ def test_run_with_other_settings_refused(swept, sweep_config):
     S.run_one(sweep_config, s, rec["seed"], rec["lr"], workdir)
 
 
+def test_finished_run_with_another_protocol_refused(swept, sweep_config):
+  workdir, _ = swept
+  c = sweep_config.copy_and_resolve_references()
+  c.retrain.max_epochs += 1
+  with pytest.raises(ValueError, match="different config"):
+    S.run_sweep(c, workdir)
+
+
 def test_bad_sweep_config_refused(sweep_config):
   c = sweep_config.copy_and_resolve_references()
   c.sweep.methods = ("full", "dhe")
