@@ -1,9 +1,12 @@
 """Restores what train.py wrote, packs the pruned tables, checks them, evaluates on test, reports.
 
   python eval.py --workdir=runs/gowalla_mf
+  python eval.py --workdir=runs/gowalla_mf --mesh_shape=8     # scoring batches split over 8 devices
 
 Prints a Markdown table and writes WORKDIR/eval.json ({"results": [one object per budget]}) and the
-packed tables WORKDIR/packed/<tag>.cerp.
+packed tables WORKDIR/packed/<tag>.cerp. Multi-host: start it in every process with
+$CERP_DISTRIBUTED=1 (and $JAX_COORDINATOR_ADDRESS, $CERP_NUM_PROCESSES, $CERP_PROCESS_ID where JAX
+cannot detect the cluster); process 0 writes the files.
 """
 
 from absl import app
@@ -13,12 +16,15 @@ import jax
 
 from cerp_jax import logs
 from cerp_jax import report
+from cerp_jax import sharding as shard_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A train.py workdir.")
 flags.DEFINE_integer("user_sample", -1, "Test users to score: -1 = the config's "
                      "eval.test_user_sample, 0 = all (full ranking), n = a seeded sample of n.")
 flags.DEFINE_integer("batch_size", 0, "Users per scoring batch (0 = the config's).")
+flags.DEFINE_string("mesh_shape", "", "Device mesh sizes, comma-separated, for the training "
+                    "config's mesh_axes ('' = its mesh_shape; '8', '4,2', '-1,2').")
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -26,10 +32,15 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
   logs.setup()
+  shard_lib.distributed_init(None)  # only if the environment asks (before any device is touched)
+  if not shard_lib.is_primary():
+    logging.set_verbosity(logging.WARNING)
   logging.info("local devices: %s", jax.local_devices())
+  mesh_shape = tuple(int(s) for s in FLAGS.mesh_shape.split(",")) if FLAGS.mesh_shape else None
   out = report.evaluate_workdir(FLAGS.workdir, user_sample=FLAGS.user_sample,
-                                batch_size=FLAGS.batch_size)
-  print(report.markdown_table(out))
+                                batch_size=FLAGS.batch_size, mesh_shape=mesh_shape)
+  if shard_lib.is_primary():
+    print(report.markdown_table(out))
 
 
 if __name__ == "__main__":

@@ -4,7 +4,9 @@
   python train.py --config=configs/gowalla_mf.py --workdir=runs/x --config.stage=prune
   python train.py --config=configs/gowalla_mf.py:full --workdir=runs/gowalla_mf_full
 
-Rerunning the same command resumes from the checkpoints in --workdir.
+Rerunning the same command resumes from the checkpoints in --workdir. The same command runs on one
+device, several GPUs or a TPU slice (README, Scaling out); with --config.distributed=True (or
+$CERP_DISTRIBUTED=1) every process of a multi-host run starts it, and process 0 writes the files.
 """
 
 from absl import app
@@ -16,6 +18,7 @@ from ml_collections import config_flags
 from cerp_jax import train as train_lib
 from cerp_jax import logs
 from cerp_jax import report
+from cerp_jax import sharding as shard_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
@@ -27,10 +30,14 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
   logs.setup()
+  shard_lib.distributed_init(FLAGS.config)  # before anything touches a device
+  if not shard_lib.is_primary():  # process 0 logs and writes; the others only warn
+    logging.set_verbosity(logging.WARNING)
+    FLAGS.config.progress_bar = False
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
   results = train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  if results:
+  if results and shard_lib.is_primary():
     print(report.training_table(results))
 
 

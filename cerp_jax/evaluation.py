@@ -7,7 +7,11 @@ DCG = Σ_hits 1/log2(rank + 1) (rank 1-based), IDCG over min(K, |held-out|) hits
 HitRate@K = 1[hits > 0].
 
 Scoring and metrics run in one jitted function per user batch (fixed shapes: the last batch and the
-per-batch index lists are padded), with ``jax.lax.top_k``. A seeded user sample (``user_sample``) makes
+per-batch index lists are padded), with ``jax.lax.top_k``. Given a
+:class:`cerp_jax.sharding.ShardingPlan`, the users of each batch are split along the mesh's ``'data'``
+axis (the batch size is rounded up to a multiple of its size): scores under GSPMD, masking, top-K and
+metrics per user shard (:func:`sharded_batch_metrics`); items and tables stay as the plan placed them.
+A seeded user sample (``user_sample``) makes
 the NCF-MLP evaluation affordable on CPU; results then carry ``num_users_evaluated``, ``sampled`` and a
 95 % normal confidence half-width per metric.
 """
@@ -15,14 +19,16 @@ the NCF-MLP evaluation affordable on CPU; results then carry ``num_users_evaluat
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 import scipy.sparse as sp
 
 from cerp_jax import data as data_lib
+from cerp_jax import sharding as shard_lib
 
 METRICS = ("recall", "ndcg", "precision", "hitrate")
 
@@ -66,6 +72,35 @@ def batch_metrics(scores: jax.Array, excl_r, excl_c, held_r, held_c, num_held,
   return out, top
 
 
+def sharded_batch_metrics(scores: jax.Array, excl_r, excl_c, held_r, held_c, num_held,
+                          ks: Sequence[int], mesh: jax.sharding.Mesh) -> tuple[dict, jax.Array]:
+  """:func:`batch_metrics` with the rows (users) split along the mesh's ``'data'`` axis.
+
+  Each device masks, ranks (``lax.top_k``) and scores its own rows: the replicated (row, item) lists
+  are shifted to the device's rows and the others dropped. ``shard_map`` rather than GSPMD alone,
+  because XLA does not partition ``top_k`` on every backend (on CPU it gathers the full ``[B, I]``).
+
+  Args:
+    scores: ``[B, I]``, B a multiple of the data-axis size.
+    excl_r, excl_c, held_r, held_c, num_held, ks: as :func:`batch_metrics` (rows global).
+    mesh: the mesh (axes ``'data'`` and optionally ``'model'``, over which rows are replicated).
+  """
+
+  def local(s, er, ec, hr, hc, nh):
+    b = s.shape[0]
+    offset = jax.lax.axis_index(shard_lib.DATA) * b
+
+    def rows(r):
+      r = r - offset
+      return jnp.where((r >= 0) & (r < b), r, b)  # row b: dropped
+
+    return batch_metrics(s, rows(er), ec, rows(hr), hc, nh, ks)
+
+  rows_spec, rep = P(shard_lib.DATA), P()
+  return jax.shard_map(local, mesh=mesh, in_specs=(rows_spec, rep, rep, rep, rep, rows_spec),
+                       out_specs=rows_spec)(scores, excl_r, excl_c, held_r, held_c, num_held)
+
+
 class Evaluator:
   """Full ranking of one held-out split, in user batches.
 
@@ -76,13 +111,16 @@ class Evaluator:
     batch_size: users per jitted batch.
     user_sample: 0 for all users; else a seeded sample of that many users (sorted ids).
     seed: sample seed.
+    plan: a :class:`cerp_jax.sharding.ShardingPlan` to split each batch's users across its devices
+      (None: one device, as before).
 
   Raises:
     DataError: the split has no held-out interaction.
   """
 
   def __init__(self, data: data_lib.Interactions, split: str, ks: Sequence[int] = (5, 10, 20, 50),
-               batch_size: int = 1024, user_sample: int = 0, seed: int = 0):
+               batch_size: int = 1024, user_sample: int = 0, seed: int = 0,
+               plan: Optional[shard_lib.ShardingPlan] = None):
     if split not in ("valid", "test"):
       raise ValueError(f"split={split!r}: expected 'valid' or 'test'")
     held = data.valid if split == "valid" else data.test
@@ -98,7 +136,10 @@ class Evaluator:
     self.users = users.astype(np.int32)
     self.sampled = users.size < self.num_users_total
     self.num_items = data.num_items
+    self.plan = plan
     self.batch_size = min(batch_size, users.size)
+    if plan is not None:  # users split evenly along 'data' (padded users are dropped)
+      self.batch_size = plan.padded_groups(self.batch_size)
     self._batches = self._build_batches(held, exclude)
     self._jitted: dict = {}
 
@@ -125,14 +166,29 @@ class Evaluator:
   def _fn(self, score_fn: Callable):
     key = id(score_fn)
     if key not in self._jitted:
-      ks = self.ks
+      ks, plan = self.ks, self.plan
 
       def run(args, users, excl_r, excl_c, held_r, held_c, num_held):
         scores = score_fn(args, users)
-        return batch_metrics(scores, excl_r, excl_c, held_r, held_c, num_held, ks)
+        if plan is None:
+          return batch_metrics(scores, excl_r, excl_c, held_r, held_c, num_held, ks)
+        scores = jax.lax.with_sharding_constraint(
+            scores, NamedSharding(plan.mesh, P(shard_lib.DATA, None)))
+        return sharded_batch_metrics(scores, excl_r, excl_c, held_r, held_c, num_held, ks,
+                                     plan.mesh)
 
-      self._jitted[key] = (score_fn, jax.jit(run))
+      jitted = jax.jit(run) if plan is None else jax.jit(run, out_shardings=plan.replicated)
+      self._jitted[key] = (score_fn, jitted)
     return self._jitted[key][1]
+
+  def _inputs(self, b: dict) -> tuple:
+    """A batch's arrays: numpy (no plan), or placed: users and counts split, lists replicated."""
+    if self.plan is None:
+      return b["users"], b["excl_r"], b["excl_c"], b["held_r"], b["held_c"], b["num_held"]
+    p = self.plan
+    return (p.put_users(b["users"]), p.put_replicated(b["excl_r"]), p.put_replicated(b["excl_c"]),
+            p.put_replicated(b["held_r"]), p.put_replicated(b["held_c"]),
+            p.put_users(b["num_held"]))
 
   def evaluate(self, score_fn: Callable, args, return_topk: bool = False,
                progress: bool = False) -> dict:
@@ -156,8 +212,7 @@ class Evaluator:
       batches = tqdm(batches, desc=f"eval/{self.split}", leave=False)
     for b in batches:
       n = b["num_real"]
-      m, top = fn(args, b["users"], b["excl_r"], b["excl_c"], b["held_r"], b["held_c"],
-                  b["num_held"])
+      m, top = fn(args, *self._inputs(b))
       m = jax.device_get(m)
       for k, v in m.items():
         per_user.setdefault(k, []).append(v[:n])

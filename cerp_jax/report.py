@@ -27,6 +27,7 @@ from cerp_jax import embeddings as emb_lib
 from cerp_jax import evaluation
 from cerp_jax import models
 from cerp_jax import packing
+from cerp_jax import sharding as shard_lib
 from cerp_jax import train as train_lib
 
 
@@ -56,8 +57,13 @@ def _tree_bytes(tree) -> int:
   return int(sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(tree)))
 
 
-def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0) -> dict:
+def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0,
+                     mesh_shape=None) -> dict:
   """Runs steps 1–4 above for every finished budget; writes and returns ``eval.json``'s content.
+
+  Scoring batches are split over the devices of the config's mesh (``mesh_shape`` overrides the
+  training config's ``mesh_shape``; one that does not fit the devices here falls back to all of them
+  on 'data', with a warning); in a multi-process run only process 0 writes files.
 
   Raises:
     FileNotFoundError / CheckpointError: not a workdir, or nothing finished to evaluate.
@@ -67,8 +73,16 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0) -
   ec = config.eval
   data = data_lib.load_interactions(config)
   sample = ec.test_user_sample if user_sample < 0 else user_sample
+  try:
+    plan = shard_lib.ShardingPlan.from_config(config, mesh_shape=mesh_shape)
+  except ValueError as e:  # trained on another device count: evaluate on all devices here
+    if mesh_shape is not None:
+      raise
+    logging.warning("%s; evaluating with every device on 'data'", e)
+    plan = shard_lib.ShardingPlan.from_config(config, mesh_shape=(-1,) + (1,) * (
+        len(config.get("mesh_axes", ("data",))) - 1))
   evaluator = evaluation.Evaluator(data, "test", ec.ks, batch_size or ec.batch_size,
-                                   user_sample=sample, seed=ec.sample_seed)
+                                   user_sample=sample, seed=ec.sample_seed, plan=plan)
   targets = (sorted(config.target_sparsities) if emb_lib.prunes(config.model.embedding) else [None])
   os.makedirs(os.path.join(workdir, "packed"), exist_ok=True)
   n, d = data.num_entities, config.model.dim
@@ -82,16 +96,16 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0) -
       continue
     with open(result_path, encoding="utf-8") as f:
       train_result = json.load(f)
-    model, variables, _ = train_lib.restore_best(config, data, workdir, target)
-    tables = {k: np.asarray(v) for k, v in
-              model.apply(variables, method=models.Recommender.tables).items()}
+    model, variables, _ = train_lib.restore_best(config, data, workdir, target, plan)
+    tables = shard_lib.to_host(model.apply(variables, method=models.Recommender.tables))
     blob, pack_report = packing.pack(tables)
     path = os.path.join(workdir, "packed", f"{tag}.cerp")
-    packed_bytes = packing.write(path, blob)
-    unpacked = packing.unpack(path)
+    primary = shard_lib.is_primary()
+    packed_bytes = packing.write(path, blob) if primary else len(blob)
+    unpacked = packing.unpack(path if primary else blob)
     for k in tables:
       assert np.array_equal(unpacked[k], tables[k]), f"{path}: table {k} does not round-trip"
-    packed_vars = _variables_from_tables(model, variables, unpacked)
+    packed_vars = plan.put(_variables_from_tables(model, variables, unpacked))
     score_fn = train_lib.make_score_fn(model, data.num_users)
     vectors_fn = train_lib.make_vectors_fn(model)
     dense = evaluator.evaluate(score_fn, (variables, vectors_fn(variables)), return_topk=True,
@@ -101,7 +115,7 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0) -
     topk_match = bool(np.array_equal(dense["topk"], packed["topk"]))
     assert topk_match, f"{tag}: top-K from the packed tables differs from the dense tables"
     nnz = pack_report["nonzeros"]
-    backbone = variables["params"].get("backbone", {})
+    backbone = shard_lib.to_host(variables["params"].get("backbone", {}))
     row = {
         "target": tag, "target_sparsity": target,
         "nonzeros": nnz,
@@ -135,6 +149,8 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0) -
          "threshold_init": config.model.threshold_init,
          "paper_threshold_init": config.model.threshold_init == -100.0,
          "selection": f"{ec.selection_split} {ec.selection_metric}", "results": rows}
+  if not shard_lib.is_primary():
+    return out
   tmp = os.path.join(workdir, "eval.json.tmp")
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(out, f, indent=2)

@@ -43,6 +43,7 @@ from cerp_jax import losses
 from cerp_jax import models
 from cerp_jax import pruning
 from cerp_jax import sampler as sampler_lib
+from cerp_jax import sharding as shard_lib
 
 # --------------------------------------------------------------------------------------------------
 # State, model, optimizer
@@ -197,11 +198,14 @@ def train_step(state: TrainState, batch: dict, epoch: jax.Array, consts: dict, *
   return new, metrics
 
 
-def make_block_fn(model, tx, sc: StepConfig):
+def make_block_fn(model, tx, sc: StepConfig, plan: Optional[shard_lib.ShardingPlan] = None):
   """Jitted ``(state, block, epoch, consts) -> (state, per-step metrics)`` scanning ``train_step``.
 
   A step runs only if its ``step_mask`` is set and (prune stage) not every budget is met yet; other
-  steps leave the state untouched (``lax.cond``). The input state is donated.
+  steps leave the state untouched (``lax.cond``). The input state is donated. With a ``plan`` the
+  block's groups stay split along the mesh's 'data' axis and the new state keeps the plan's
+  shardings (so it feeds the next call without resharding or recompiling); GSPMD inserts the
+  gradient all-reduce.
   """
   step = functools.partial(train_step, model=model, tx=tx, sc=sc)
 
@@ -219,7 +223,12 @@ def make_block_fn(model, tx, sc: StepConfig):
     return new, m
 
   def block(state, blk, epoch, consts):
-    return jax.lax.scan(lambda s, b: body(s, b, epoch, consts), state, blk)
+    if plan is not None:
+      blk = plan.constrain_batch(blk)
+    new, metrics = jax.lax.scan(lambda s, b: body(s, b, epoch, consts), state, blk)
+    if plan is not None:
+      new = plan.constrain(new)
+    return new, metrics
 
   return jax.jit(block, donate_argnums=(0,))
 
@@ -236,6 +245,8 @@ class MetricWriter:
     self.path = os.path.join(workdir, "metrics.jsonl")
 
   def write(self, record: dict):
+    if not shard_lib.is_primary():
+      return
     rec = {k: (float(v) if isinstance(v, (np.floating, jnp.ndarray)) else v)
            for k, v in record.items()}
     with open(self.path, "a", encoding="utf-8") as f:
@@ -247,6 +258,8 @@ def _to_host(tree):
 
 
 def _json_dump(path: str, obj: Any):
+  if not shard_lib.is_primary():  # multi-process: process 0 writes
+    return
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
@@ -337,8 +350,9 @@ def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
   sc = StepConfig(eta=pc.eta, gamma_init=pc.gamma_init, gamma_decay=pc.gamma_decay,
                   l2_penalty=pc.l2_penalty, prune=True,
                   unique_users=config.model.backbone == "lightgcn")
-  block_fn = make_block_fn(model, tx, sc)
-  consts = model_consts(config, data)
+  plan = shard_lib.ShardingPlan.from_config(config)
+  block_fn = make_block_fn(model, tx, sc, plan)
+  consts = plan.put(model_consts(config, data))
 
   variables = init_variables(model, config.seed, pc.num_negatives + 1)
   params = variables["params"]
@@ -348,6 +362,7 @@ def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
                      batch_stats=variables.get("batch_stats", {}), masks={},
                      opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(config.seed)),
                      prune=pruning.init_prune_state(budgets, tables0, initial))
+  state = plan.put(state)  # restores below land on the current mesh, whatever wrote them
   store = ckpt_lib.CheckpointStore(os.path.join(workdir, "prune", "checkpoints"))
   meta = {"epoch": 0, "block": 0, "done": False, "acc": {}, "seconds": 0.0}
   if store.latest() is not None:
@@ -372,7 +387,7 @@ def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
     acc = meta["acc"] if meta["block"] > 0 else {}
     for bi in range(meta["block"], nblocks):
       before = int(state.step)
-      state, m = block_fn(state, _block(blocks, bi), jnp.int32(epoch), consts)
+      state, m = block_fn(state, plan.put_batch(_block(blocks, bi)), jnp.int32(epoch), consts)
       m = _to_host(m)
       _accumulate(acc, m)
       bar.update(int(state.step) - before)
@@ -445,6 +460,7 @@ def load_prune_results(config, data, workdir):
                     opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(0)),
                     prune=pruning.init_prune_state(budgets, tables0, {
                         k: params["embedding"][k] for k in model.embedding.prunable}))
+  like = shard_lib.ShardingPlan.from_config(config).put(like)
   store = ckpt_lib.CheckpointStore(os.path.join(workdir, "prune", "checkpoints"))
   if store.latest() is None:
     raise ckpt_lib.CheckpointError(
@@ -454,6 +470,7 @@ def load_prune_results(config, data, workdir):
   if not meta.get("done"):
     raise ckpt_lib.CheckpointError(f"{store.directory}: stage 1 has not finished (epoch "
                                    f"{meta.get('epoch')}); rerun stage prune to resume it")
+  shard_lib.sync("prune summary written")  # process 0 wrote it
   with open(os.path.join(workdir, "prune", "summary.json"), encoding="utf-8") as f:
     summary = json.load(f)
   return _to_host(state.prune), summary
@@ -498,13 +515,15 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
     snapshot_info = next(t for t in prune_summary["targets"] if t["target_sparsity"] == target)
   tx = make_optimizer(rc)
   sc = StepConfig(eta=0.0, gamma_init=0.0, gamma_decay=1.0, l2_penalty=rc.l2_penalty, prune=False)
-  block_fn = make_block_fn(model, tx, sc)
-  consts = model_consts(config, data)
+  plan = shard_lib.ShardingPlan.from_config(config)
+  block_fn = make_block_fn(model, tx, sc, plan)
+  consts = plan.put(model_consts(config, data))
   batch_stats = variables.get("batch_stats", {})
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                      masks=masks, opt_state=tx.init(params),
                      rng=jax.random.key_data(jax.random.key(config.seed)), prune=None)
-  best_like = {"params": params, "batch_stats": batch_stats}
+  state = plan.put(state)
+  best_like = plan.put({"params": params, "batch_stats": batch_stats})
   sampler = sampler_lib.BPRSampler(data.train, rc.num_negatives, config.sampling.mode,
                                    config.sampling.epoch, seed=config.seed,
                                    triples_per_positive=config.sampling.triples_per_positive)
@@ -512,7 +531,7 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
   steps_per_epoch = -(-sampler.num_groups() // groups)
   sel_split = ec.selection_split
   evaluator = evaluation.Evaluator(data, sel_split, ec.ks, ec.batch_size,
-                                   user_sample=ec.user_sample, seed=ec.sample_seed)
+                                   user_sample=ec.user_sample, seed=ec.sample_seed, plan=plan)
   score_fn = make_score_fn(model, data.num_users)
   vectors_fn = make_vectors_fn(model)
 
@@ -547,7 +566,7 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
     t_epoch = time.perf_counter()
     for bi in range(meta["block"], blocks["users"].shape[0]):
       before = int(state.step)
-      state, m = block_fn(state, _block(blocks, bi), jnp.int32(epoch), consts)
+      state, m = block_fn(state, plan.put_batch(_block(blocks, bi)), jnp.int32(epoch), consts)
       _accumulate(acc, _to_host(m))
       bar.update(int(state.step) - before)
       meta.update(block=bi + 1, acc=acc, seconds=time.perf_counter() - t_start)
@@ -593,7 +612,7 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
 
   # Final test metrics from the selected checkpoint (or per-metric maxima, as the original).
   test_eval = evaluation.Evaluator(data, "test", ec.ks, ec.batch_size,
-                                   user_sample=ec.test_user_sample, seed=ec.sample_seed)
+                                   user_sample=ec.test_user_sample, seed=ec.sample_seed, plan=plan)
   if sel_split == "test" and ec.test_user_sample == ec.user_sample:
     test_res = {k: v for k, v in meta["history"][[h["epoch"] for h in meta["history"]].index(
         meta["best_epoch"])].items()}
@@ -620,8 +639,12 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
   return result
 
 
-def restore_best(config, data, workdir: str, target: Optional[float]):
+def restore_best(config, data, workdir: str, target: Optional[float],
+                 plan: Optional[shard_lib.ShardingPlan] = None):
   """(model, variables) of the selected checkpoint of one retrain run, for eval.py.
+
+  The variables are placed on ``plan``'s mesh (default: the config's), whatever device count wrote
+  the checkpoint.
 
   Raises:
     CheckpointError: the run is missing or unfinished.
@@ -637,6 +660,8 @@ def restore_best(config, data, workdir: str, target: Optional[float]):
   like = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                     masks=masks, opt_state=tx.init(params),
                     rng=jax.random.key_data(jax.random.key(0)), prune=None)
+  plan = plan or shard_lib.ShardingPlan.from_config(config)
+  like = plan.put(like)
   store = ckpt_lib.CheckpointStore(os.path.join(workdir, "retrain", tag, "checkpoints"))
   if store.latest() is None:
     raise ckpt_lib.CheckpointError(f"{store.directory}: no checkpoint; run train.py first")
@@ -644,17 +669,20 @@ def restore_best(config, data, workdir: str, target: Optional[float]):
   if not meta.get("done"):
     raise ckpt_lib.CheckpointError(f"{store.directory}: retraining of {tag} has not finished; "
                                    "rerun train.py to resume it")
-  state, meta, best = store.restore(like, {"params": params, "batch_stats": batch_stats})
+  state, meta, best = store.restore(like, plan.put({"params": params, "batch_stats": batch_stats}))
   store.close()
   return model, _variables(best["params"], best["batch_stats"], state.masks,
-                           model_consts(config, data)), meta
+                           plan.put(model_consts(config, data))), meta
 
 
 # --------------------------------------------------------------------------------------------------
 # Entry
 # --------------------------------------------------------------------------------------------------
 
-_RESUME_IGNORED = ("stage", "progress_bar", "checkpoint_every_steps")
+_RESUME_IGNORED = ("stage", "progress_bar", "checkpoint_every_steps",
+                   # devices: a run resumes on any mesh / device count (sharding.py)
+                   "mesh_shape", "mesh_axes", "shard_embedding_rows_min", "distributed",
+                   "coordinator_address", "num_processes", "process_id")
 
 
 def _check_workdir_config(config, workdir):
@@ -684,6 +712,7 @@ def validate_config(config):
     raise ValueError("config.eval.selection_split='valid' needs config.data.valid_fraction > 0")
   if config.model.embedding == "cerp":
     pruning.budgets(config.target_sparsities, 2 * config.model.bucket_size * config.model.dim)
+  shard_lib.ShardingPlan.from_config(config)  # mesh_shape / mesh_axes fit the devices
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -701,7 +730,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     emb_lib.check_bucket_size(data.num_entities, config.model.bucket_size)
   os.makedirs(workdir, exist_ok=True)
   _check_workdir_config(config, workdir)
-  logging.info("devices: %s", jax.devices())
+  logging.info("devices: %s; %s", jax.devices(),
+               shard_lib.ShardingPlan.from_config(config).describe())
   results = {}
   if not emb_lib.prunes(config.model.embedding):  # full, QR, hashing: one dense training run
     if config.stage in ("retrain", "all"):

@@ -18,6 +18,15 @@ def get_config(arg: str = ""):
   c.checkpoint_every_steps = 20_000  # also at every epoch end / evaluation.
   c.target_sparsities = (0.5, 0.8)   # of the 2·b·d meta-table entries; budget int((1−s)·2bd).
 
+  # Devices (README, Scaling out; cerp_jax/sharding.py). A run resumes on any of these settings.
+  c.mesh_axes = ("data",)        # | ('data', 'model').
+  c.mesh_shape = ()              # sizes per axis; () = every device on 'data'; one -1 = the rest.
+  c.shard_embedding_rows_min = 100_000  # embedding leaves with ≥ this many rows: split on 'model'.
+  c.distributed = False          # jax.distributed.initialize() (also $CERP_DISTRIBUTED=1).
+  c.coordinator_address = ""     # 'host:port' of process 0; '' = $JAX_COORDINATOR_ADDRESS / auto.
+  c.num_processes = 0            # 0 = $CERP_NUM_PROCESSES or JAX's cluster auto-detection.
+  c.process_id = -1              # -1 = $CERP_PROCESS_ID or JAX's cluster auto-detection.
+
   c.data = ml_collections.ConfigDict()
   c.data.name = "gowalla"
   c.data.format = "lightgcn"     # 'lightgcn' (train.txt/test.txt) | 'ml100k' (raw u.data).
