@@ -65,7 +65,7 @@ def qr_indices(ids, num_collisions: int):
   return ids // num_collisions, ids % num_collisions
 
 
-class QREmbedding(nn.Module):
+class QREmbedding(emb_lib.TableEmbedding):
   """The quotient–remainder trick (Shi et al., KDD 2020; DLRM ``QREmbeddingBag``).
 
   Tables: ``Q`` (quotient) ``[ceil(N/b), d]`` and ``R`` (remainder) ``[b, d]``, float32. Entity ``id``
@@ -139,13 +139,6 @@ class QREmbedding(nn.Module):
       return eq + er
     return jnp.concatenate([eq, er], axis=-1)
 
-  def __call__(self, ids: jax.Array) -> jax.Array:
-    return self.compose(self.tables(), ids)
-
-  def embed_all(self) -> jax.Array:
-    """``[N, out_dim]`` vectors of all entities."""
-    return self(jnp.arange(self.num_entities, dtype=jnp.int32))
-
 
 # --------------------------------------------------------------------------------------------------
 # Hashing trick
@@ -212,7 +205,7 @@ def expected_hash_collisions(num_entities: int, num_buckets: int, num_hashes: in
   return num_entities * (1.0 - (1.0 - p_other) ** (num_entities - 1))
 
 
-class HashEmbedding(nn.Module):
+class HashEmbedding(emb_lib.TableEmbedding):
   """The hashing trick: one shared ``[B, d]`` table ``T``; entity ``id`` gets ``Σ_j T[h_j(id)]``.
 
   ``h_j`` are k seeded hash functions (:func:`hash_indices`), computed on the fly (nothing but the
@@ -269,12 +262,6 @@ class HashEmbedding(nn.Module):
     idx = hash_indices(ids, self.num_buckets, self.num_hashes, self.seed)
     return jnp.sum(tables["T"][idx], axis=-2)
 
-  def __call__(self, ids: jax.Array) -> jax.Array:
-    return self.compose(self.tables(), ids)
-
-  def embed_all(self) -> jax.Array:
-    return self(jnp.arange(self.num_entities, dtype=jnp.int32))
-
 
 # --------------------------------------------------------------------------------------------------
 # PEP
@@ -297,7 +284,7 @@ def pep_threshold_shape(threshold_type: str, num_entities: int, features: int) -
   return shapes[threshold_type]
 
 
-class PEPEmbedding(nn.Module):
+class PEPEmbedding(emb_lib.TableEmbedding):
   """PEP (Liu et al., ICLR 2021): the full ``[N, d]`` table pruned by learnable soft thresholds.
 
   ``'prune'`` mode: ``Ê = sign(E) ⊙ relu(|E| − sigmoid(S_E))`` (:func:`cerp_jax.embeddings.soft_threshold`),
@@ -366,9 +353,6 @@ class PEPEmbedding(nn.Module):
 
   def compose(self, tables: dict[str, jax.Array], ids: jax.Array) -> jax.Array:
     return tables["E"][ids]
-
-  def __call__(self, ids: jax.Array) -> jax.Array:
-    return self.compose(self.tables(), ids)
 
   def embed_all(self) -> jax.Array:
     return self.tables()["E"]

@@ -114,7 +114,21 @@ def _threshold_init(method: str, value: float) -> Callable:
   return init
 
 
-class CERPEmbedding(nn.Module):
+class TableEmbedding(nn.Module):
+  """Base of every embedding: a subclass defines ``tables()`` (the effective tables, a dict of
+  arrays) and ``compose(tables, ids)``; lookup of ids and of all N entities follow from them, so
+  evaluation from packed tables (``compose`` on unpacked tables) and training share one code path."""
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    """``[n] int32`` entity ids → ``[n, out_dim]`` float32 vectors."""
+    return self.compose(self.tables(), ids)
+
+  def embed_all(self) -> jax.Array:
+    """``[N, out_dim]`` vectors of all N entities."""
+    return self(jnp.arange(self.num_entities, dtype=jnp.int32))
+
+
+class CERPEmbedding(TableEmbedding):
   """CERP compositional embedding: two meta-embedding tables P, Q of shape ``[b, d]`` (spec §1–2).
 
   Entity ``id`` gets ``P̂[id mod b] + Q̂[id div ceil(N/b)]`` (``combine='sum'``, the paper's method)
@@ -193,15 +207,8 @@ class CERPEmbedding(nn.Module):
       return p_rows + q_rows
     return jnp.concatenate([p_rows, q_rows], axis=-1)
 
-  def __call__(self, ids: jax.Array) -> jax.Array:
-    return self.compose(self.tables(), ids)
 
-  def embed_all(self) -> jax.Array:
-    """``[N, out_dim]`` vectors of all entities."""
-    return self(jnp.arange(self.num_entities, dtype=jnp.int32))
-
-
-class FullEmbedding(nn.Module):
+class FullEmbedding(TableEmbedding):
   """The uncompressed reference: one ``[N, d]`` table ``E`` (users then items), no pruning.
 
   Attributes:
@@ -241,9 +248,6 @@ class FullEmbedding(nn.Module):
 
   def compose(self, tables: dict[str, jax.Array], ids: jax.Array) -> jax.Array:
     return tables["E"][ids]
-
-  def __call__(self, ids: jax.Array) -> jax.Array:
-    return self.compose(self.tables(), ids)
 
   def embed_all(self) -> jax.Array:
     return self.E
