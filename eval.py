@@ -37,8 +37,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   logging.info("local devices: %s", jax.local_devices())
   mesh_shape = tuple(int(s) for s in FLAGS.mesh_shape.split(",")) if FLAGS.mesh_shape else None
-  out = report.evaluate_workdir(FLAGS.workdir, user_sample=FLAGS.user_sample,
-                                batch_size=FLAGS.batch_size, mesh_shape=mesh_shape)
+  out = logs.run_cli(report.evaluate_workdir, FLAGS.workdir, user_sample=FLAGS.user_sample,
+                     batch_size=FLAGS.batch_size, mesh_shape=mesh_shape)
   if shard_lib.is_primary():
     print(report.markdown_table(out))
 

@@ -36,7 +36,7 @@ def main(argv):
     FLAGS.config.progress_bar = False
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
-  results = train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  results = logs.run_cli(train_lib.train_and_evaluate, FLAGS.config, FLAGS.workdir)
   if results and shard_lib.is_primary():
     print(report.training_table(results))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
@@ -46,36 +47,59 @@ class CheckpointStore:
     self._mngr.wait_until_finished()
     return n
 
-  def restore_meta(self, n: Optional[int] = None) -> dict:
-    n = self.latest() if n is None else n
-    if n is None:
+  def _candidates(self, n: Optional[int]) -> list:
+    if n is not None:
+      return [n]
+    steps = sorted(self._mngr.all_steps(), reverse=True)
+    if not steps:
       raise CheckpointError(f"no checkpoint in {self.directory}")
-    try:
-      out = self._mngr.restore(n, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    except Exception as e:  # orbax raises several types for damaged files
-      raise CheckpointError(f"cannot read checkpoint {n} metadata in {self.directory}: {e}") from e
+    return steps
+
+  def _restore_first_readable(self, n: Optional[int], args_fn, what: str):
+    """Restores checkpoint ``n``, or (``n=None``) the newest readable one: a corrupt or incomplete
+    newest checkpoint is reported and the previous one is used (the run then redoes those steps,
+    deterministically)."""
+    errors = []
+    for k in self._candidates(n):
+      try:
+        out = self._mngr.restore(k, args=args_fn())
+      except Exception as e:  # orbax raises several types for damaged files
+        errors.append((k, e))
+        continue
+      for bad, e in errors:
+        logging.warning("checkpoint %d in %s is unreadable (%s: %s); using checkpoint %d instead",
+                        bad, self.directory, type(e).__name__, str(e)[:200], k)
+      return out
+    k, e = errors[0]
+    raise CheckpointError(
+        f"cannot restore {what} from checkpoint {k} in {self.directory} (corrupt, incomplete, or "
+        f"written by a different config; {len(errors)} checkpoint(s) tried; delete the directory "
+        f"to start over): {type(e).__name__}: {e}") from e
+
+  def restore_meta(self, n: Optional[int] = None) -> dict:
+    """The JSON metadata of checkpoint ``n`` (default: the newest readable one)."""
+    out = self._restore_first_readable(
+        n, lambda: ocp.args.Composite(meta=ocp.args.JsonRestore()), "metadata")
     return dict(out["meta"])
 
   def restore(self, like_state: Any, like_best: Any = None, n: Optional[int] = None):
     """Restores ``(state, meta, best)`` with the structure of ``like_state``/``like_best``.
 
+    ``n=None`` takes the newest readable checkpoint (a damaged newest one is skipped, with a warning).
+
     Raises:
-      CheckpointError: none there, or the files are incomplete/corrupt/of another structure.
+      CheckpointError: none there, or every candidate is incomplete/corrupt/of another structure.
     """
-    n = self.latest() if n is None else n
-    if n is None:
-      raise CheckpointError(f"no checkpoint in {self.directory}")
     abstract = lambda t: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, t)
-    items = {"state": ocp.args.StandardRestore(abstract(like_state)),
-             "meta": ocp.args.JsonRestore()}
-    if like_best is not None:
-      items["best"] = ocp.args.StandardRestore(abstract(like_best))
-    try:
-      out = self._mngr.restore(n, args=ocp.args.Composite(**items))
-    except Exception as e:  # orbax raises several types for damaged files
-      raise CheckpointError(
-          f"cannot restore checkpoint {n} in {self.directory} (corrupt, incomplete, or written by a "
-          f"different config): {type(e).__name__}: {e}") from e
+
+    def args():
+      items = {"state": ocp.args.StandardRestore(abstract(like_state)),
+               "meta": ocp.args.JsonRestore()}
+      if like_best is not None:
+        items["best"] = ocp.args.StandardRestore(abstract(like_best))
+      return ocp.args.Composite(**items)
+
+    out = self._restore_first_readable(n, args, "the train state")
     return out["state"], dict(out["meta"]), out.get("best") if like_best is not None else None
 
   def close(self):

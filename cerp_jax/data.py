@@ -222,12 +222,20 @@ def _to_csr(pairs: Pairs, num_users: int, num_items: int) -> sp.csr_matrix:
   return m
 
 
-def _check_disjoint(a: sp.csr_matrix, b: sp.csr_matrix, name_a: str, name_b: str) -> None:
+def _check_disjoint(a: sp.csr_matrix, b: sp.csr_matrix, name_a: str, name_b: str,
+                    pairs_b: Optional[Pairs] = None) -> None:
+  """Raises DataError if a (user, item) pair is in both splits, naming the file and line of ``b``."""
   both = a.multiply(b)
   if both.nnz:
     both = both.tocoo()
-    raise DataError(f"{both.nnz} (user, item) pairs are in both {name_a} and {name_b}, e.g. "
-                    f"(user {both.row[0]}, item {both.col[0]})")
+    u, i = int(both.row[0]), int(both.col[0])
+    where = name_b
+    if pairs_b is not None:
+      k = np.nonzero((pairs_b.users == u) & (pairs_b.items == i))[0]
+      if k.size:
+        where = f"{pairs_b.path}:{pairs_b.lines[k[0]]}"
+    raise DataError(f"{where}: (user {u}, item {i}) is also in {name_a}; {both.nnz} (user, item) "
+                    f"pairs are in both {name_a} and {name_b} (splits must be disjoint)")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,6 +343,7 @@ def load_interactions(config) -> Interactions:
       _check_range(p, nu, ni, source)
     train = _to_csr(train_pairs, nu, ni)
     test = _to_csr(test_pairs, nu, ni)
+    _check_disjoint(train, test, train_pairs.path, test_pairs.path, test_pairs)
   elif dc.format == "ml100k":
     pairs = read_movielens_100k(directory / "u.data")
     nu = dc.get("num_users", 0) or int(pairs.users.max()) + 1

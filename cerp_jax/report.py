@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Optional
 
 from absl import logging
@@ -84,64 +85,75 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0,
   evaluator = evaluation.Evaluator(data, "test", ec.ks, batch_size or ec.batch_size,
                                    user_sample=sample, seed=ec.sample_seed, plan=plan)
   targets = (sorted(config.target_sparsities) if emb_lib.prunes(config.model.embedding) else [None])
-  os.makedirs(os.path.join(workdir, "packed"), exist_ok=True)
+  # Packed files go to a staging folder and replace packed/ and eval.json only once every budget has
+  # passed its checks: a failure leaves the previous packed/ and eval.json as they were.
+  staging = os.path.join(workdir, "packed.staging")
+  final_dir = os.path.join(workdir, "packed")
+  if shard_lib.is_primary():
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
   n, d = data.num_entities, config.model.dim
   full_bytes = packing.full_table_bytes(n, d)
-  rows = []
-  for target in targets:
-    tag = train_lib.target_tag(target)
-    result_path = os.path.join(workdir, "retrain", tag, "result.json")
-    if not os.path.exists(result_path):
-      logging.warning("%s: no finished retraining, skipped", tag)
-      continue
-    with open(result_path, encoding="utf-8") as f:
-      train_result = json.load(f)
-    model, variables, _ = train_lib.restore_best(config, data, workdir, target, plan)
-    tables = shard_lib.to_host(model.apply(variables, method=models.Recommender.tables))
-    blob, pack_report = packing.pack(tables)
-    path = os.path.join(workdir, "packed", f"{tag}.cerp")
-    primary = shard_lib.is_primary()
-    packed_bytes = packing.write(path, blob) if primary else len(blob)
-    unpacked = packing.unpack(path if primary else blob)
-    for k in tables:
-      assert np.array_equal(unpacked[k], tables[k]), f"{path}: table {k} does not round-trip"
-    packed_vars = plan.put(_variables_from_tables(model, variables, unpacked))
-    score_fn = train_lib.make_score_fn(model, data.num_users)
-    vectors_fn = train_lib.make_vectors_fn(model)
-    dense = evaluator.evaluate(score_fn, (variables, vectors_fn(variables)), return_topk=True,
-                               progress=config.progress_bar)
-    packed = evaluator.evaluate(score_fn, (packed_vars, vectors_fn(packed_vars)), return_topk=True,
-                                progress=config.progress_bar)
-    topk_match = bool(np.array_equal(dense["topk"], packed["topk"]))
-    assert topk_match, f"{tag}: top-K from the packed tables differs from the dense tables"
-    nnz = pack_report["nonzeros"]
-    backbone = shard_lib.to_host(variables["params"].get("backbone", {}))
-    row = {
-        "target": tag, "target_sparsity": target,
-        "nonzeros": nnz,
-        "num_entries": int(sum(t.size for t in tables.values())),
-        "sparsity": 1 - nnz / sum(t.size for t in tables.values()),
-        "sparsity_vs_full": 1 - nnz / (n * d),
-        "packed_bytes": packed_bytes, "packed_file": path,
-        "packed_layouts": {k: v["layout"] for k, v in pack_report["tables"].items()},
-        "bytes_by_layout": {k: {l: v[f"bytes_{l}"] for l in packing.LAYOUTS}
-                            for k, v in pack_report["tables"].items()},
-        "full_table_bytes": full_bytes, "compression_ratio": full_bytes / packed_bytes,
-        "backbone_bytes": _tree_bytes(backbone) + _tree_bytes(variables.get("batch_stats", {})),
-        "topk_match_packed_vs_dense": topk_match,
-        "best_epoch": train_result.get("best_epoch"),
-        "snapshot_step": train_result.get("snapshot", {}).get("step"),
-        "num_users_evaluated": dense["num_users_evaluated"],
-        "num_users_total": dense["num_users_total"], "sampled": dense["sampled"],
-        "eval_seconds": dense["seconds"],
-    }
-    for k, v in dense.items():
-      if "@" in k:
-        row[k] = v
-    rows.append(row)
-    logging.info("%s: %d non-zeros, %d packed bytes (%.1fx smaller than the full table); test %s",
-                 tag, nnz, packed_bytes, row["compression_ratio"], evaluation.describe(dense))
+  try:
+    rows = []
+    for target in targets:
+      tag = train_lib.target_tag(target)
+      result_path = os.path.join(workdir, "retrain", tag, "result.json")
+      if not os.path.exists(result_path):
+        logging.warning("%s: no finished retraining, skipped", tag)
+        continue
+      with open(result_path, encoding="utf-8") as f:
+        train_result = json.load(f)
+      model, variables, _ = train_lib.restore_best(config, data, workdir, target, plan)
+      tables = shard_lib.to_host(model.apply(variables, method=models.Recommender.tables))
+      blob, pack_report = packing.pack(tables)
+      path = os.path.join(staging, f"{tag}.cerp")
+      primary = shard_lib.is_primary()
+      packed_bytes = packing.write(path, blob) if primary else len(blob)
+      unpacked = packing.unpack(path if primary else blob)
+      for k in tables:
+        assert np.array_equal(unpacked[k], tables[k]), f"{path}: table {k} does not round-trip"
+      packed_vars = plan.put(_variables_from_tables(model, variables, unpacked))
+      score_fn = train_lib.make_score_fn(model, data.num_users)
+      vectors_fn = train_lib.make_vectors_fn(model)
+      dense = evaluator.evaluate(score_fn, (variables, vectors_fn(variables)), return_topk=True,
+                                 progress=config.progress_bar)
+      packed = evaluator.evaluate(score_fn, (packed_vars, vectors_fn(packed_vars)), return_topk=True,
+                                  progress=config.progress_bar)
+      topk_match = bool(np.array_equal(dense["topk"], packed["topk"]))
+      assert topk_match, f"{tag}: top-K from the packed tables differs from the dense tables"
+      nnz = pack_report["nonzeros"]
+      backbone = shard_lib.to_host(variables["params"].get("backbone", {}))
+      row = {
+          "target": tag, "target_sparsity": target,
+          "nonzeros": nnz,
+          "num_entries": int(sum(t.size for t in tables.values())),
+          "sparsity": 1 - nnz / sum(t.size for t in tables.values()),
+          "sparsity_vs_full": 1 - nnz / (n * d),
+          "packed_bytes": packed_bytes, "packed_file": os.path.join(final_dir, f"{tag}.cerp"),
+          "packed_layouts": {k: v["layout"] for k, v in pack_report["tables"].items()},
+          "bytes_by_layout": {k: {l: v[f"bytes_{l}"] for l in packing.LAYOUTS}
+                              for k, v in pack_report["tables"].items()},
+          "full_table_bytes": full_bytes, "compression_ratio": full_bytes / packed_bytes,
+          "backbone_bytes": _tree_bytes(backbone) + _tree_bytes(variables.get("batch_stats", {})),
+          "topk_match_packed_vs_dense": topk_match,
+          "best_epoch": train_result.get("best_epoch"),
+          "snapshot_step": train_result.get("snapshot", {}).get("step"),
+          "num_users_evaluated": dense["num_users_evaluated"],
+          "num_users_total": dense["num_users_total"], "sampled": dense["sampled"],
+          "eval_seconds": dense["seconds"],
+      }
+      for k, v in dense.items():
+        if "@" in k:
+          row[k] = v
+      rows.append(row)
+      logging.info("%s: %d non-zeros, %d packed bytes (%.1fx smaller than the full table); test %s",
+                   tag, nnz, packed_bytes, row["compression_ratio"], evaluation.describe(dense))
+  except BaseException:
+    shutil.rmtree(staging, ignore_errors=True)  # nothing half-written is left
+    raise
   if not rows:
+    shutil.rmtree(staging, ignore_errors=True)
     raise FileNotFoundError(f"{workdir}: no finished retraining to evaluate; run train.py first")
   out = {"workdir": os.path.abspath(workdir), "dataset": config.data.name,
          "backbone": config.model.backbone, "embedding": config.model.embedding,
@@ -154,6 +166,8 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0,
   tmp = os.path.join(workdir, "eval.json.tmp")
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(out, f, indent=2)
+  shutil.rmtree(final_dir, ignore_errors=True)
+  os.replace(staging, final_dir)
   os.replace(tmp, os.path.join(workdir, "eval.json"))
   return out
 

@@ -370,6 +370,9 @@ def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
     logging.info("prune: resumed from %s at step %d (epoch %d, block %d)", store.directory,
                  int(state.step), meta["epoch"], meta["block"])
   writer = MetricWriter(workdir)
+  if int(state.step) > 0:  # records after this marker continue from the checkpoint
+    writer.write({"stage": "prune", "event": "resumed", "step": int(state.step),
+                  "epoch": meta["epoch"]})
   logging.info("prune: %s; b=%d d=%d, 2bd=%d; budgets %s for targets %s; %d steps/epoch of %d groups "
                "(sampling %s/%s); threshold init %s (%s)", type(model.embedding).__name__,
                config.model.bucket_size, config.model.dim, num_entries, budgets.tolist(), targets,
@@ -379,7 +382,7 @@ def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
   t_start = time.perf_counter() - meta["seconds"]
   last_save = int(state.step)
   bar = tqdm(total=pc.max_epochs * steps_per_epoch, initial=int(state.step), desc="prune",
-             unit="step", dynamic_ncols=True, mininterval=2.0, disable=not config.progress_bar)
+             unit="step", dynamic_ncols=True, mininterval=2.0, disable=None if config.progress_bar else True)
   epoch = meta["epoch"]
   while not meta["done"] and epoch < pc.max_epochs:
     blocks, _ = _epoch_blocks(sampler, epoch, groups, pc.steps_per_block)
@@ -429,8 +432,10 @@ def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
   for i, s in enumerate(targets):
     summary["targets"].append({
         "target_sparsity": s, "budget": int(budgets[i]), "reached": bool(ps.reached[i]),
-        "step": int(ps.step[i]), "epoch": int(ps.step[i]) // steps_per_epoch if ps.reached[i] else None,
-        "nonzeros": int(ps.nonzeros[i]), "sparsity": 1 - int(ps.nonzeros[i]) / num_entries})
+        "step": int(ps.step[i]) if ps.reached[i] else None,
+        "epoch": int(ps.step[i]) // steps_per_epoch if ps.reached[i] else None,
+        "nonzeros": int(ps.nonzeros[i]) if ps.reached[i] else None,
+        "sparsity": 1 - int(ps.nonzeros[i]) / num_entries if ps.reached[i] else None})
     if ps.reached[i]:
       logging.info("prune: target %.4f (budget %d) met at step %d (epoch %d) with %d non-zeros", s,
                    budgets[i], ps.step[i], int(ps.step[i]) // steps_per_epoch, ps.nonzeros[i])
@@ -498,6 +503,11 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
   tag = target_tag(target)
   out_dir = os.path.join(workdir, "retrain", tag)
   os.makedirs(out_dir, exist_ok=True)
+  result_path = os.path.join(out_dir, "result.json")
+  if os.path.exists(result_path):  # finished earlier: rerunning the command does not redo it
+    with open(result_path, encoding="utf-8") as f:
+      logging.info("retrain %s: already finished (%s), skipped", tag, result_path)
+      return json.load(f)
   mode = emb_lib.RETRAIN if target is not None else emb_lib.DENSE
   model = build_model(config, data, mode)
   variables = init_variables(model, config.seed, rc.num_negatives + 1)
@@ -549,6 +559,9 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
     state, meta, best = store.restore(state, best_like if has_best else None)
     logging.info("retrain %s: resumed at epoch %d block %d", tag, meta["epoch"], meta["block"])
   writer = MetricWriter(workdir)
+  if store.latest() is not None:
+    writer.write({"stage": "retrain", "target": tag, "event": "resumed", "step": int(state.step),
+                  "epoch": meta["epoch"]})
   metric = ec.selection_metric
   logging.info("retrain %s: %d steps/epoch of %d groups × (1+%d) items; select on %s %s every %d "
                "epochs, patience %d, at most %d epochs", tag, steps_per_epoch, groups,
@@ -557,7 +570,7 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
   last_save = int(state.step)
   bar = tqdm(total=rc.max_epochs * steps_per_epoch, initial=int(state.step),
              desc=f"retrain {tag}", unit="step", dynamic_ncols=True, mininterval=2.0,
-             disable=not config.progress_bar)
+             disable=None if config.progress_bar else True)
   epoch = meta["epoch"]
   train_seconds = meta.get("train_seconds", 0.0)
   while not meta["done"]:
@@ -685,29 +698,85 @@ _RESUME_IGNORED = ("stage", "progress_bar", "checkpoint_every_steps",
                    "coordinator_address", "num_processes", "process_id")
 
 
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(_flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
+
+
 def _check_workdir_config(config, workdir):
+  """Writes ``config.json`` in a new workdir; refuses an existing one written by another config,
+  naming the differing fields (``retrain.max_epochs: 300 → 20``)."""
   path = os.path.join(workdir, "config.json")
   current = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       stored = json.load(f)
-    diff = sorted(k for k in set(stored) | set(current)
-                  if k not in _RESUME_IGNORED and stored.get(k) != current.get(k))
+    a, b = _flatten(stored), _flatten(current)
+    diff = sorted(k for k in set(a) | set(b)
+                  if k.split(".")[0] not in _RESUME_IGNORED and a.get(k) != b.get(k))
     if diff:
-      raise ValueError(f"{workdir} holds a run with a different config (fields {diff}); use a new "
+      shown = ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in diff[:8])
+      raise ValueError(f"{workdir} holds a run with a different config ({shown}); use a new "
                        "--workdir or the same config")
-  else:
+  elif shard_lib.is_primary():
     _json_dump(path, current)
 
 
-def validate_config(config):
-  """Checks values a typo could break (unknown fields are refused by ml_collections itself)."""
+_CHOICES = {
+    "model.backbone": ("mf", "mlp", "lightgcn"),
+    "model.embedding": emb_lib.EMBEDDINGS,
+    "model.combine": ("sum", "concat"),
+    "model.threshold_type": ("element-wise", "global"),
+    "model.threshold_init_method": ("all_ones", "uniform", "normal", "xavier_uniform", "power_law"),
+    "model.full_init": ("normal", "xavier_uniform"),
+    "sampling.mode": ("resample", "fixed"),
+    "sampling.epoch": ("positives", "parity"),
+    "data.format": ("lightgcn", "ml100k"),
+    "data.loader": ("text", "tfds"),
+    "eval.selection_split": ("valid", "test"),
+    "eval.report": ("best", "per_metric_max"),
+}
+_POSITIVE = ("model.dim", "model.bucket_size", "prune.groups_per_step", "prune.num_negatives",
+             "prune.steps_per_block", "prune.max_epochs", "retrain.groups_per_step",
+             "retrain.num_negatives", "retrain.steps_per_block", "retrain.max_epochs",
+             "eval.batch_size", "eval.every_epochs", "eval.patience", "checkpoint_every_steps",
+             "sampling.triples_per_positive")
+
+
+def validate_config(config, num_items: Optional[int] = None):
+  """Checks every value a typo could break, before anything is written (unknown *fields* are
+  refused by ml_collections itself).
+
+  Raises:
+    ValueError: naming the field, the value and what is expected.
+  """
+  flat = _flatten(json.loads(config.to_json_best_effort()))
   if config.stage not in ("prune", "retrain", "all"):
     raise ValueError(f"config.stage={config.stage!r}: expected 'prune', 'retrain' or 'all'")
-  if config.eval.selection_metric.split("@")[0] not in evaluation.METRICS or int(
-      config.eval.selection_metric.split("@")[1]) not in config.eval.ks:
-    raise ValueError(f"config.eval.selection_metric={config.eval.selection_metric!r} must be one of "
-                     f"{evaluation.METRICS} @ a K in config.eval.ks={config.eval.ks}")
+  for key, choices in _CHOICES.items():
+    if key in flat and flat[key] not in choices:
+      raise ValueError(f"config.{key}={flat[key]!r}: expected one of {tuple(choices)}")
+  for key in _POSITIVE:
+    if key in flat and not (isinstance(flat[key], (int, float)) and flat[key] > 0):
+      raise ValueError(f"config.{key}={flat[key]!r}: expected a positive number")
+  ks = tuple(config.eval.ks)
+  if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
+    raise ValueError(f"config.eval.ks={ks!r}: expected positive integers")
+  if num_items is not None and max(ks) > num_items:
+    raise ValueError(f"config.eval.ks={ks!r}: K={max(ks)} exceeds the {num_items} items")
+  name, _, k = config.eval.selection_metric.partition("@")
+  if name not in evaluation.METRICS or not k.isdigit() or int(k) not in ks:
+    raise ValueError(f"config.eval.selection_metric={config.eval.selection_metric!r}: expected "
+                     f"<metric>@<K> with metric in {evaluation.METRICS} and K in "
+                     f"config.eval.ks={ks}")
+  if not 0.0 <= config.data.valid_fraction < 1.0:
+    raise ValueError(f"config.data.valid_fraction={config.data.valid_fraction!r}: expected [0, 1)")
   if config.eval.selection_split == "valid" and config.data.valid_fraction <= 0:
     raise ValueError("config.eval.selection_split='valid' needs config.data.valid_fraction > 0")
   if config.model.embedding == "cerp":
@@ -726,8 +795,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """
   validate_config(config)
   data = data_lib.load_interactions(config)
+  validate_config(config, num_items=data.num_items)
   if config.model.embedding == "cerp":
     emb_lib.check_bucket_size(data.num_entities, config.model.bucket_size)
+  for mode in ((emb_lib.PRUNE, emb_lib.RETRAIN) if emb_lib.prunes(config.model.embedding)
+               else (emb_lib.DENSE,)):
+    init_variables(build_model(config, data, mode), config.seed, 2)  # module-level checks
+  if (config.stage == "retrain" and emb_lib.prunes(config.model.embedding)
+      and not os.path.exists(os.path.join(workdir, "prune", "summary.json"))):
+    raise ckpt_lib.CheckpointError(
+        f"{os.path.join(workdir, 'prune')}: no finished stage 1; run with --config.stage=prune "
+        "(or all) first")
   os.makedirs(workdir, exist_ok=True)
   _check_workdir_config(config, workdir)
   logging.info("devices: %s; %s", jax.devices(),
@@ -746,4 +824,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.warning("retrain: skipping target %.4f (not reached in stage 1)", s)
         continue
       results[target_tag(s)] = retrain_stage(config, data, workdir, s, ps, summary)
+    if not results:
+      raise NoTargetReachedError(
+          f"stage 1 reached none of the targets {sorted(config.target_sparsities)} within "
+          f"prune.max_epochs={config.prune.max_epochs} (final sparsity in "
+          f"{os.path.join(workdir, 'prune', 'summary.json')}); nothing to retrain: raise "
+          "prune.max_epochs (in a new workdir) or lower the targets")
   return results
+
+
+class NoTargetReachedError(RuntimeError):
+  """Stage 1 ended (max epochs) without reaching any target sparsity."""

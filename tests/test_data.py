@@ -84,7 +84,7 @@ def test_duplicates_are_dropped_with_warning(tmp_path, caplog):
 
 def test_train_test_overlap_is_an_error(tmp_path):
   d = write_lightgcn(tmp_path, {0: [1, 2], 1: [0]}, {0: [2], 1: [1]})
-  with pytest.raises(D.DataError, match=r"both train and test.*user 0, item 2"):
+  with pytest.raises(D.DataError, match=r"test.txt:1: \(user 0, item 2\) is also in .*train.txt"):
     D.load_interactions(_config(d))
 
 

@@ -139,26 +139,39 @@ def test_workdir_with_other_config_refused(test_config, tmp_path):
     T.train_and_evaluate(test_config, str(tmp_path / "w"))
 
 
-def test_corrupt_checkpoint_clear_error(test_config, tmp_path):
+def _corrupt(step_dir):
+  for root, _, files in os.walk(step_dir / "state"):
+    for f in files:
+      with open(os.path.join(root, f), "wb") as fh:
+        fh.write(b"\0garbage")
+
+
+def test_corrupt_checkpoint_falls_back_then_clear_error(test_config, tmp_path, caplog):
   test_config.stage = "prune"
   wd = tmp_path / "w"
   T.train_and_evaluate(test_config, str(wd))
+  want = _prune_outputs(wd)["targets"]
   ck = wd / "prune" / "checkpoints"
-  latest = max(int(p.name) for p in ck.iterdir() if p.name.isdigit())
-  for root, _, files in os.walk(ck / str(latest) / "state"):
-    for f in files:
-      p = os.path.join(root, f)
-      with open(p, "wb") as fh:
-        fh.write(b"\0garbage")
+  steps = sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit())
+  assert len(steps) >= 2
+  _corrupt(ck / str(steps[-1]))
   data = D.load_interactions(test_config)
-  with pytest.raises(ckpt_lib.CheckpointError, match="cannot restore checkpoint"):
+  # the newest checkpoint is damaged: the previous one is used and stage 1 is redone to the same end
+  T.train_and_evaluate(test_config, str(wd))
+  assert "is unreadable" in caplog.text
+  assert _prune_outputs(wd)["targets"] == want
+  for p in ck.iterdir():
+    if p.name.isdigit():
+      _corrupt(p)
+  with pytest.raises(ckpt_lib.CheckpointError, match="cannot restore the train state"):
     T.load_prune_results(test_config, data, str(wd))
 
 
 def test_retrain_without_stage1_clear_error(test_config, tmp_path):
   test_config.stage = "retrain"
-  with pytest.raises(ckpt_lib.CheckpointError, match="no stage-1 checkpoint"):
+  with pytest.raises(ckpt_lib.CheckpointError, match="no finished stage 1"):
     T.train_and_evaluate(test_config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
 
 
 def test_mlp_backbone_trains_and_never_nans(test_config, tmp_path):
@@ -184,3 +197,44 @@ def test_mlp_parameter_count_matches_original():
   v = mlp.init(jax.random.key(0), z, z)
   n = sum(x.size for x in jax.tree_util.tree_leaves(v["params"]))
   assert n == 2_765_313  # spec §4.4 (Linear + BatchNorm affine)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("model.backbone", "mlpp", "config.model.backbone='mlpp'"),
+    ("model.embedding", "cerpp", "config.model.embedding='cerpp'"),
+    ("sampling.mode", "resampel", "config.sampling.mode='resampel'"),
+    ("model.combine", "summ", "config.model.combine='summ'"),
+    ("model.dim", 0, "config.model.dim=0"),
+    ("eval.report", "bestt", "config.eval.report='bestt'"),
+    ("eval.selection_metric", "ndcg@abc", "selection_metric='ndcg@abc'"),
+    ("eval.ks", (5, 20, 500), "K=500 exceeds the 80 items"),
+    ("data.valid_fraction", 1.5, "valid_fraction=1.5"),
+])
+def test_config_typos_refused_before_writing(test_config, tmp_path, field, value, match):
+  node = test_config
+  *path, last = field.split(".")
+  for p in path:
+    node = getattr(node, p)
+  setattr(node, last, value)
+  wd = tmp_path / "w"
+  with pytest.raises(ValueError, match=match):
+    T.train_and_evaluate(test_config, str(wd))
+  assert not wd.exists()
+
+
+def test_no_target_reached_is_an_error(test_config, tmp_path):
+  test_config.target_sparsities = (0.95,)
+  test_config.prune.max_epochs = 1
+  with pytest.raises(T.NoTargetReachedError, match="reached none of the targets"):
+    T.train_and_evaluate(test_config, str(tmp_path / "w"))
+  summary = _prune_outputs(tmp_path / "w")
+  assert summary["targets"][0]["reached"] is False and summary["targets"][0]["nonzeros"] is None
+
+
+def test_cli_prints_clear_error_without_traceback(tmp_path):
+  r = subprocess.run([sys.executable, "train.py", "--config=configs/test.py",
+                      f"--config.data.path={tmp_path / 'missing'}", f"--workdir={tmp_path / 'w'}"],
+                     cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2
+  assert "error:" in r.stderr and "train.txt: file not found" in r.stderr
+  assert "Traceback" not in r.stderr
