@@ -268,6 +268,25 @@ def prunes(embedding: str) -> bool:
   return embedding in PRUNED_EMBEDDINGS
 
 
+def resolved_threshold_init(config) -> float:
+  """The CERP threshold init a config asks for.
+
+  ``model.threshold_init_scale > 0`` (the ``:fast`` preset) replaces ``model.threshold_init`` by
+  ``logit(scale · a)`` with ``a = sqrt(6/(b + d))`` the Xavier bound of P and Q, i.e. thresholds that
+  start where the faithful run's (rising ≈ 1e-3 per step from −100) begin to prune, skipping its
+  ~90 k idle steps. Otherwise ``model.threshold_init`` (−100, spec §2).
+  """
+  mc = config.model
+  scale = mc.get("threshold_init_scale", 0.0)
+  if not scale:
+    return float(mc.threshold_init)
+  if not 0 < scale * math.sqrt(6.0 / (mc.bucket_size + mc.dim)) < 1:
+    raise ValueError(f"config.model.threshold_init_scale={scale!r}: scale · Xavier bound must be in "
+                     "(0, 1)")
+  p = scale * math.sqrt(6.0 / (mc.bucket_size + mc.dim))
+  return float(math.log(p / (1 - p)))
+
+
 def make_embedding(config, num_entities: int, mode: str) -> nn.Module:
   """The embedding module a config asks for (``config.model.embedding``: one of ``EMBEDDINGS``).
 
@@ -280,7 +299,7 @@ def make_embedding(config, num_entities: int, mode: str) -> nn.Module:
   if mc.embedding == "cerp":
     return CERPEmbedding(num_entities=num_entities, bucket_size=mc.bucket_size, features=mc.dim,
                          mode=mode, threshold_type=mc.threshold_type,
-                         threshold_init=mc.threshold_init,
+                         threshold_init=resolved_threshold_init(config),
                          threshold_init_method=mc.threshold_init_method, combine=mc.combine)
   if mc.embedding == "full":
     return FullEmbedding(num_entities=num_entities, features=mc.dim, initializer=mc.full_init,

@@ -158,8 +158,8 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0,
   out = {"workdir": os.path.abspath(workdir), "dataset": config.data.name,
          "backbone": config.model.backbone, "embedding": config.model.embedding,
          "dim": d, "num_entities": n, "bucket_size": config.model.bucket_size,
-         "threshold_init": config.model.threshold_init,
-         "paper_threshold_init": config.model.threshold_init == -100.0,
+         "threshold_init": emb_lib.resolved_threshold_init(config),
+         "paper_threshold_init": emb_lib.resolved_threshold_init(config) == -100.0,
          "selection": f"{ec.selection_split} {ec.selection_metric}", "results": rows}
   if not shard_lib.is_primary():
     return out

@@ -377,7 +377,7 @@ def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
                "(sampling %s/%s); threshold init %s (%s)", type(model.embedding).__name__,
                config.model.bucket_size, config.model.dim, num_entries, budgets.tolist(), targets,
                steps_per_epoch, groups, config.sampling.mode, config.sampling.epoch,
-               config.model.threshold_init, config.model.threshold_init_method)
+               emb_lib.resolved_threshold_init(config), config.model.threshold_init_method)
 
   t_start = time.perf_counter() - meta["seconds"]
   last_save = int(state.step)

@@ -114,3 +114,14 @@ def test_full_embedding():
 def test_count_nonzeros():
   t = {"P": jnp.array([[0.0, 1.0], [2.0, 0.0]]), "Q": jnp.zeros((2, 2))}
   assert int(E.count_nonzeros(t)) == 2
+
+
+def test_fast_preset_threshold_init():
+  from configs import gowalla_mf
+  assert E.resolved_threshold_init(gowalla_mf.get_config()) == -100.0
+  c = gowalla_mf.get_config("fast")
+  p = 0.0075 * np.sqrt(6 / (1000 + 128))
+  np.testing.assert_allclose(E.resolved_threshold_init(c), np.log(p / (1 - p)))
+  assert -8 < E.resolved_threshold_init(c) < -7  # where the faithful run starts to prune (spec §2)
+  m = E.make_embedding(c, 70839, E.PRUNE)
+  assert m.threshold_init == E.resolved_threshold_init(c)
