@@ -801,10 +801,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for mode in ((emb_lib.PRUNE, emb_lib.RETRAIN) if emb_lib.prunes(config.model.embedding)
                else (emb_lib.DENSE,)):
     init_variables(build_model(config, data, mode), config.seed, 2)  # module-level checks
+  prune_dir = config.get("prune_workdir") or workdir
+  if config.get("prune_workdir"):
+    _check_prune_workdir(config, prune_dir)
   if (config.stage == "retrain" and emb_lib.prunes(config.model.embedding)
-      and not os.path.exists(os.path.join(workdir, "prune", "summary.json"))):
+      and not os.path.exists(os.path.join(prune_dir, "prune", "summary.json"))):
     raise ckpt_lib.CheckpointError(
-        f"{os.path.join(workdir, 'prune')}: no finished stage 1; run with --config.stage=prune "
+        f"{os.path.join(prune_dir, 'prune')}: no finished stage 1; run with --config.stage=prune "
         "(or all) first")
   os.makedirs(workdir, exist_ok=True)
   _check_workdir_config(config, workdir)
@@ -818,7 +821,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if config.stage in ("prune", "all"):
     prune_stage(config, data, workdir)
   if config.stage in ("retrain", "all"):
-    ps, summary = load_prune_results(config, data, workdir)
+    ps, summary = load_prune_results(config, data, prune_dir)
     for i, s in enumerate(sorted(config.target_sparsities)):
       if not bool(ps.reached[i]):
         logging.warning("retrain: skipping target %.4f (not reached in stage 1)", s)
@@ -831,6 +834,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           f"{os.path.join(workdir, 'prune', 'summary.json')}); nothing to retrain: raise "
           "prune.max_epochs (in a new workdir) or lower the targets")
   return results
+
+
+_STAGE1_FIELDS = ("data", "model", "prune", "sampling", "seed", "target_sparsities")
+
+
+def _check_prune_workdir(config, prune_dir: str):
+  """``config.prune_workdir``: retrain from another workdir's finished stage 1 (one stage 1, several
+  retraining protocols). Everything stage 1 depends on must match that workdir's config.
+
+  Raises:
+    ValueError: not with stage 'retrain', no config.json there, or a stage-1 field differs.
+  """
+  if config.stage != "retrain":
+    raise ValueError(f"config.prune_workdir={prune_dir!r} needs --config.stage=retrain")
+  path = os.path.join(prune_dir, "config.json")
+  if not os.path.exists(path):
+    raise ValueError(f"config.prune_workdir: {path} not found (not a train.py workdir)")
+  with open(path, encoding="utf-8") as f:
+    a = _flatten(json.load(f))
+  b = _flatten(json.loads(config.to_json_best_effort()))
+  diff = sorted(k for k in set(a) | set(b)
+                if k.split(".")[0] in _STAGE1_FIELDS and a.get(k) != b.get(k))
+  if diff:
+    shown = ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in diff[:8])
+    raise ValueError(f"config.prune_workdir={prune_dir!r} was pruned with other stage-1 settings "
+                     f"({shown})")
 
 
 class NoTargetReachedError(RuntimeError):

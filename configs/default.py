@@ -18,6 +18,8 @@ def get_config(arg: str = ""):
   c.progress_bar = True          # tqdm bars with ETA.
   c.checkpoint_every_steps = 20_000  # also at every epoch end / evaluation.
   c.target_sparsities = (0.5, 0.8)   # of the 2·b·d meta-table entries; budget int((1−s)·2bd).
+  c.prune_workdir = ""            # stage=retrain only: retrain from this workdir's finished stage 1
+                                 # (its data/model/prune/sampling/seed/targets must match).
 
   # Devices (README, Scaling out; cerp_jax/sharding.py). A run resumes on any of these settings.
   c.mesh_axes = ("data",)        # | ('data', 'model').

@@ -238,3 +238,21 @@ def test_cli_prints_clear_error_without_traceback(tmp_path):
   assert r.returncode == 2
   assert "error:" in r.stderr and "train.txt: file not found" in r.stderr
   assert "Traceback" not in r.stderr
+
+
+def test_retrain_from_another_workdirs_stage1(test_config, tmp_path):
+  a, b = tmp_path / "a", tmp_path / "b"
+  c1 = test_config.copy_and_resolve_references()
+  c1.stage = "prune"
+  T.train_and_evaluate(c1, str(a))
+  c2 = test_config.copy_and_resolve_references()
+  c2.stage = "retrain"
+  c2.prune_workdir = str(a)
+  c2.retrain.max_epochs = 2  # another retraining protocol, same stage 1
+  out = T.train_and_evaluate(c2, str(b))
+  assert set(out) == {"sparsity_0.2500", "sparsity_0.4000"}
+  assert not (b / "prune").exists() and (b / "retrain" / "sparsity_0.2500" / "result.json").exists()
+  c3 = c2.copy_and_resolve_references()
+  c3.model.dim = 4
+  with pytest.raises(ValueError, match=r"other stage-1 settings \(model.dim: 8 → 4\)"):
+    T.train_and_evaluate(c3, str(tmp_path / "c"))
