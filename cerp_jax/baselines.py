@@ -241,10 +241,6 @@ class HashEmbedding(emb_lib.TableEmbedding):
                        f", k={self.num_hashes}")
     super().__post_init__()
 
-  @property
-  def out_dim(self) -> int:
-    return self.features
-
   def num_parameters(self) -> int:
     """``B·d``."""
     return self.num_buckets * self.features
@@ -323,10 +319,6 @@ class PEPEmbedding(emb_lib.TableEmbedding):
     if self.initializer not in ("normal", "xavier_uniform"):
       raise ValueError(f"initializer={self.initializer!r}: expected 'normal' or 'xavier_uniform'")
     super().__post_init__()
-
-  @property
-  def out_dim(self) -> int:
-    return self.features
 
   def num_parameters(self) -> int:
     """``N·d`` (the sparsity denominator; thresholds not counted)."""

@@ -119,6 +119,11 @@ class TableEmbedding(nn.Module):
   arrays) and ``compose(tables, ids)``; lookup of ids and of all N entities follow from them, so
   evaluation from packed tables (``compose`` on unpacked tables) and training share one code path."""
 
+  @property
+  def out_dim(self) -> int:
+    """Width of a composed vector (``features``; composers that concatenate override it)."""
+    return self.features
+
   def __call__(self, ids: jax.Array) -> jax.Array:
     """``[n] int32`` entity ids → ``[n, out_dim]`` float32 vectors."""
     return self.compose(self.tables(), ids)
@@ -225,10 +230,6 @@ class FullEmbedding(TableEmbedding):
   mode: str = DENSE
 
   prunable = ()
-
-  @property
-  def out_dim(self) -> int:
-    return self.features
 
   def num_parameters(self) -> int:
     """N·d."""

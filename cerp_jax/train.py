@@ -709,6 +709,14 @@ def _flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
+def _config_diff(stored: dict, current: dict, selected) -> str:
+  """``'a.b: old → new, …'`` over the flattened fields whose top-level group ``selected(group)``
+  accepts; ``''`` when they all match."""
+  a, b = _flatten(stored), _flatten(current)
+  diff = sorted(k for k in set(a) | set(b) if selected(k.split(".")[0]) and a.get(k) != b.get(k))
+  return ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in diff[:8])
+
+
 def _check_workdir_config(config, workdir):
   """Writes ``config.json`` in a new workdir; refuses an existing one written by another config,
   naming the differing fields (``retrain.max_epochs: 300 → 20``)."""
@@ -717,11 +725,8 @@ def _check_workdir_config(config, workdir):
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       stored = json.load(f)
-    a, b = _flatten(stored), _flatten(current)
-    diff = sorted(k for k in set(a) | set(b)
-                  if k.split(".")[0] not in _RESUME_IGNORED and a.get(k) != b.get(k))
-    if diff:
-      shown = ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in diff[:8])
+    shown = _config_diff(stored, current, lambda g: g not in _RESUME_IGNORED)
+    if shown:
       raise ValueError(f"{workdir} holds a run with a different config ({shown}); use a new "
                        "--workdir or the same config")
   elif shard_lib.is_primary():
@@ -852,12 +857,10 @@ def _check_prune_workdir(config, prune_dir: str):
   if not os.path.exists(path):
     raise ValueError(f"config.prune_workdir: {path} not found (not a train.py workdir)")
   with open(path, encoding="utf-8") as f:
-    a = _flatten(json.load(f))
-  b = _flatten(json.loads(config.to_json_best_effort()))
-  diff = sorted(k for k in set(a) | set(b)
-                if k.split(".")[0] in _STAGE1_FIELDS and a.get(k) != b.get(k))
-  if diff:
-    shown = ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in diff[:8])
+    stored = json.load(f)
+  shown = _config_diff(stored, json.loads(config.to_json_best_effort()),
+                       lambda g: g in _STAGE1_FIELDS)
+  if shown:
     raise ValueError(f"config.prune_workdir={prune_dir!r} was pruned with other stage-1 settings "
                      f"({shown})")
 
