@@ -30,7 +30,7 @@ def main(argv):
     raise app.UsageError("--workdir is required (unless --solve_only)")
   logs.setup()
   logging.info("local devices: %s", jax.local_devices())
-  sweep_lib.run_sweep(FLAGS.config, FLAGS.workdir, solve_only=FLAGS.solve_only)
+  logs.run_cli(sweep_lib.run_sweep, FLAGS.config, FLAGS.workdir, solve_only=FLAGS.solve_only)
 
 
 if __name__ == "__main__":

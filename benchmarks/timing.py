@@ -63,16 +63,32 @@ def time_stage(config, data, stage: str, reps: int = 5) -> dict:
           "epoch_s_estimate": -(-len(users) // sc_cfg.groups_per_step) * sec / steps}
 
 
-def time_eval(config, data) -> dict:
-  """One test evaluation (full ranking, or the config's seeded sample), after a warm-up call."""
+def time_eval(config, data, topk_block=None, score_only: bool = False) -> dict:
+  """One test evaluation (full ranking, or the config's seeded sample), after a warm-up call.
+
+  ``topk_block``: the evaluator's chunked top-K (None: its default; 0: ``lax.top_k``).
+  ``score_only``: time only the scoring of the same user batches (no masking, top-K or metrics),
+  the matmul share of an evaluation.
+  """
   mode = emb_lib.RETRAIN if config.model.embedding == "cerp" else emb_lib.DENSE
   model = T.build_model(config, data, mode)
   variables = {**T.init_variables(model, config.seed, 2), **T.model_consts(config, data)}
   ec = config.eval
   ev = evaluation.Evaluator(data, "test", ec.ks, ec.batch_size, user_sample=ec.test_user_sample,
-                            seed=ec.sample_seed)
+                            seed=ec.sample_seed, topk_block=topk_block)
   score_fn = T.make_score_fn(model, data.num_users)
   vectors_fn = T.make_vectors_fn(model)
+  if score_only:
+    fn = jax.jit(lambda a, u: jnp.sum(score_fn(a, u), axis=1))  # a [B] output keeps the [B, I] work
+    args = (variables, vectors_fn(variables))
+    times = []
+    for _ in range(2):
+      t0 = time.perf_counter()
+      outs = [fn(args, b["users"]) for b in ev._batches]  # pylint: disable=protected-access
+      jax.block_until_ready(outs)
+      times.append(time.perf_counter() - t0)
+    return {"seconds": times[1], "first_call_seconds": times[0],
+            "num_users": len(ev.users), "batch_size": ev.batch_size}
   res = ev.evaluate(score_fn, (variables, vectors_fn(variables)))  # warm-up (compile)
   first = res["seconds"]
   res = ev.evaluate(score_fn, (variables, vectors_fn(variables)))

@@ -373,11 +373,16 @@ def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
   if int(state.step) > 0:  # records after this marker continue from the checkpoint
     writer.write({"stage": "prune", "event": "resumed", "step": int(state.step),
                   "epoch": meta["epoch"]})
-  logging.info("prune: %s; b=%d d=%d, 2bd=%d; budgets %s for targets %s; %d steps/epoch of %d groups "
-               "(sampling %s/%s); threshold init %s (%s)", type(model.embedding).__name__,
-               config.model.bucket_size, config.model.dim, num_entries, budgets.tolist(), targets,
-               steps_per_epoch, groups, config.sampling.mode, config.sampling.epoch,
-               emb_lib.resolved_threshold_init(config), config.model.threshold_init_method)
+  if config.model.embedding == "cerp":
+    sizing = (f"b={config.model.bucket_size} d={config.model.dim}; threshold init "
+              f"{emb_lib.resolved_threshold_init(config)} ({config.model.threshold_init_method})")
+  else:
+    sizing = (f"d={config.model.dim}; {config.model.pep_threshold_type} thresholds from "
+              f"{config.model.pep_threshold_init}")
+  logging.info("prune: %s (%s); tables %s, %d prunable entries; budgets %s for targets %s; %d "
+               "steps/epoch of %d groups (sampling %s/%s)", type(model.embedding).__name__, sizing,
+               {k: tuple(v.shape) for k, v in tables0.items()}, num_entries, budgets.tolist(),
+               targets, steps_per_epoch, groups, config.sampling.mode, config.sampling.epoch)
 
   t_start = time.perf_counter() - meta["seconds"]
   last_save = int(state.step)
