@@ -11,7 +11,8 @@ Equal protocol: every run takes the base config's ``retrain`` schedule (batch, o
 cap), its ``eval`` selection and early stopping, and is repeated for every seed of
 ``config.sweep.seeds`` and every learning rate of ``config.sweep.lrs`` (the same grid for every
 method; the rate with the best mean validation selection metric is reported). Pruned methods (CERP,
-PEP) run the base config's stage 1 first; PEP without CERP's −Σ tanh² regularizer
+PEP) run the base config's stage 1 first — once for all budgets that differ only in their target
+(every PEP budget; CERP budgets of equal b), retraining each from that shared stage 1 — PEP without CERP's −Σ tanh² regularizer
 (``prune.gamma_init = 0``, :data:`METHOD_PROTOCOL`).
 
 Workdir::
@@ -30,6 +31,7 @@ Rerunning the same command skips finished runs and resumes unfinished ones from 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
 import os
@@ -163,11 +165,65 @@ def _json_default(o):
   raise TypeError(type(o))
 
 
-def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: str) -> dict:
+def stage1_key(setting: budget_lib.Setting) -> str:
+  """What a pruned setting's stage 1 depends on besides its target: method and sizing overrides."""
+  rest = {k: v for k, v in setting.overrides.items() if k != "target_sparsities"}
+  return json.dumps({"method": setting.method, **rest}, sort_keys=True, default=str)
+
+
+def shared_stage1_groups(settings: Sequence[budget_lib.Setting]) -> list[list[int]]:
+  """Indices of pruned settings (CERP, PEP) that differ only in their target sparsity, in groups of
+  two or more: one stage 1 with all their targets serves every budget of the group (PEP: every
+  budget; CERP: budgets sized to the same b)."""
+  groups: dict = {}
+  for i, st in enumerate(settings):
+    if emb_lib.prunes(st.method) and not st.reference:
+      groups.setdefault(stage1_key(st), []).append(i)
+  return [g for g in groups.values() if len(g) > 1]
+
+
+def run_shared_stage1(config, members: Sequence[budget_lib.Setting], seed: int, workdir: str) -> str:
+  """Runs (or finds finished) the one stage 1 of ``members`` with all their targets, in
+  ``workdir/runs/<method>_stage1_<key hash>_seed<seed>``; returns that folder.
+
+  Stage 1 takes its snapshot of each budget at the first step under it (spec §5), exactly as a
+  run with only that target would, so a budget retrained from the shared stage 1 gets the same
+  mask as from its own (tested).
+  """
+  key = hashlib.sha1(stage1_key(members[0]).encode()).hexdigest()[:8]
+  sdir = os.path.join(workdir, "runs", f"{members[0].method}_stage1_{key}_seed{seed}")
+  rc = run_config(config, members[0], seed, config.sweep.lrs[0])
+  rc.target_sparsities = tuple(sorted({float(t) for m in members
+                                       for t in m.overrides["target_sparsities"]}))
+  rc.stage = "prune"
+  if os.path.exists(os.path.join(sdir, "prune", "summary.json")):
+    train_lib._check_workdir_config(rc, sdir)  # pylint: disable=protected-access
+    logging.info("sweep: shared stage 1 %s finished before", sdir)
+    return sdir
+  logging.info("sweep: shared stage 1 of %s at targets %s in %s", members[0].method,
+               list(rc.target_sparsities), sdir)
+  train_lib.train_and_evaluate(rc, sdir)
+  return sdir
+
+
+def _prune_seconds(prune_dir: str, setting: budget_lib.Setting) -> float:
+  """Stage-1 seconds to this setting's snapshot: the whole stage 1 for its own run; for a shared
+  stage 1, its seconds pro rata to the step of this budget's snapshot (steps cost the same)."""
+  summary = _read_json(os.path.join(prune_dir, "prune", "summary.json"))
+  (target,) = setting.overrides["target_sparsities"]
+  rec = next(t for t in summary["targets"] if t["target_sparsity"] == float(target))
+  if len(summary["targets"]) == 1 or rec["step"] is None or not summary["final_step"]:
+    return float(summary["seconds"])
+  return float(summary["seconds"]) * rec["step"] / summary["final_step"]
+
+
+def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: str,
+            prune_workdir: Optional[str] = None) -> dict:
   """Trains, packs and evaluates one (method, budget, seed, lr) in ``workdir/runs/<run>``.
 
   Skips the run when its ``sweep_run.json`` exists (finished); an unfinished run resumes from its
-  checkpoints (train.py's resume).
+  checkpoints (train.py's resume). With ``prune_workdir`` (a shared stage 1,
+  :func:`run_shared_stage1`) the run only retrains, from that folder's snapshot of its budget.
 
   Returns:
     the run's record (also ``sweep_run.json``): the setting, measured ``packed_bytes``, ``fill`` =
@@ -185,6 +241,9 @@ def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: 
   record_path = os.path.join(rdir, "sweep_run.json")
   want = setting.to_dict()
   rc = run_config(config, setting, seed, lr)
+  if prune_workdir:
+    rc.stage = "retrain"
+    rc.prune_workdir = prune_workdir
   if os.path.exists(record_path):
     rec = _read_json(record_path)
     if rec["setting"]["overrides"] != want["overrides"]:
@@ -196,13 +255,18 @@ def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: 
   t0 = time.perf_counter()
   logging.info("sweep: running %s (%s; predicted %s bytes of a %s-byte budget)", name,
                setting.summary, f"{setting.predicted_bytes:,}", f"{setting.budget_bytes:,}")
-  results = train_lib.train_and_evaluate(rc, rdir)
+  try:
+    results = train_lib.train_and_evaluate(rc, rdir)
+  except train_lib.NoTargetReachedError as e:  # recorded as 'not_reached'; the sweep goes on
+    logging.warning("sweep: %s: %s", name, e)
+    results = {}
   rec = {"name": name, "method": setting.method, "budget_fraction": setting.budget_fraction,
          "budget_bytes": setting.budget_bytes, "reference": setting.reference, "seed": int(seed),
          "lr": float(lr), "setting": want, "summary": setting.summary}
   prune_seconds = 0.0
-  if emb_lib.prunes(setting.method):
-    prune_seconds = float(_read_json(os.path.join(rdir, "prune", "summary.json"))["seconds"])
+  if emb_lib.prunes(setting.method) and os.path.exists(
+      os.path.join(prune_workdir or rdir, "prune", "summary.json")):
+    prune_seconds = _prune_seconds(prune_workdir or rdir, setting)
   if not results:
     rec.update(status="not_reached", packed_bytes=None, fill=None, within_window=False,
                prune_seconds=prune_seconds, train_seconds=prune_seconds,
@@ -479,10 +543,20 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False) -> dict:
     raise ValueError("a sweep needs a workdir")
   sc = config.sweep
   jobs = [(s, seed, lr) for s in settings for seed in sc.seeds for lr in sc.lrs]
+  group_of = {i: g for g in shared_stage1_groups(settings) for i in g}
+  shared: dict = {}  # (first index of the group, seed) → shared stage-1 folder
   records = []
   for i, (s, seed, lr) in enumerate(jobs):
     logging.info("sweep: run %d/%d", i + 1, len(jobs))
-    records.append(run_one(config, s, seed, lr, workdir))
+    prune_dir = None
+    idx = settings.index(s)
+    if idx in group_of and not os.path.exists(
+        os.path.join(workdir, "runs", run_name(s, seed, lr), "sweep_run.json")):
+      g = group_of[idx]
+      if (g[0], seed) not in shared:
+        shared[(g[0], seed)] = run_shared_stage1(config, [settings[j] for j in g], seed, workdir)
+      prune_dir = shared[(g[0], seed)]
+    records.append(run_one(config, s, seed, lr, workdir, prune_workdir=prune_dir))
   pop = most_popular(config, data, workdir)
   metric_keys = sorted({k for r in records for k in r if "@" in k})
   rows = aggregate(records, metric_keys)

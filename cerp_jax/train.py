@@ -452,6 +452,15 @@ def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
   return summary
 
 
+def stage1_targets(config) -> list[float]:
+  """The sorted target sparsities stage 1 ran with: this config's, or with ``config.prune_workdir``
+  those of that workdir's config (a superset of this config's, :func:`_check_prune_workdir`)."""
+  if config.get("prune_workdir"):
+    with open(os.path.join(config.prune_workdir, "config.json"), encoding="utf-8") as f:
+      return sorted(json.load(f)["target_sparsities"])
+  return sorted(config.target_sparsities)
+
+
 def load_prune_results(config, data, workdir):
   """(prune state on host, summary) from a finished stage 1.
 
@@ -463,7 +472,7 @@ def load_prune_results(config, data, workdir):
   tx = make_optimizer(pc)
   variables = init_variables(model, config.seed, pc.num_negatives + 1)
   params = variables["params"]
-  budgets = pruning.budgets(config.target_sparsities, model.embedding.num_parameters())
+  budgets = pruning.budgets(stage1_targets(config), model.embedding.num_parameters())
   tables0 = model.apply(variables, method=models.Recommender.tables)
   like = TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}), masks={},
@@ -519,7 +528,7 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
   params, masks = variables["params"], variables.get("masks", {})
   snapshot_info = {}
   if target is not None:
-    i = sorted(config.target_sparsities).index(target)
+    i = [t["target_sparsity"] for t in prune_summary["targets"]].index(target)
     if not bool(prune_state.reached[i]):
       raise ValueError(f"target sparsity {target} was not reached in stage 1; nothing to retrain")
     snap = {k: prune_state.snapshots[k][i] for k in prune_state.snapshots}
@@ -698,6 +707,8 @@ def restore_best(config, data, workdir: str, target: Optional[float],
 # --------------------------------------------------------------------------------------------------
 
 _RESUME_IGNORED = ("stage", "progress_bar", "checkpoint_every_steps",
+                   # where stage 1 lives; its stage-1 fields are checked by _check_prune_workdir
+                   "prune_workdir",
                    # devices: a run resumes on any mesh / device count (sharding.py)
                    "mesh_shape", "mesh_axes", "shard_embedding_rows_min", "distributed",
                    "coordinator_address", "num_processes", "process_id")
@@ -832,8 +843,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     prune_stage(config, data, workdir)
   if config.stage in ("retrain", "all"):
     ps, summary = load_prune_results(config, data, prune_dir)
-    for i, s in enumerate(sorted(config.target_sparsities)):
-      if not bool(ps.reached[i]):
+    done_targets = [t["target_sparsity"] for t in summary["targets"]]
+    for s in sorted(config.target_sparsities):
+      if not bool(ps.reached[done_targets.index(s)]):
         logging.warning("retrain: skipping target %.4f (not reached in stage 1)", s)
         continue
       results[target_tag(s)] = retrain_stage(config, data, workdir, s, ps, summary)
@@ -851,10 +863,12 @@ _STAGE1_FIELDS = ("data", "model", "prune", "sampling", "seed", "target_sparsiti
 
 def _check_prune_workdir(config, prune_dir: str):
   """``config.prune_workdir``: retrain from another workdir's finished stage 1 (one stage 1, several
-  retraining protocols). Everything stage 1 depends on must match that workdir's config.
+  retraining protocols, or several budgets). Everything stage 1 depends on must match that
+  workdir's config; this config's target sparsities must be a subset of its targets.
 
   Raises:
-    ValueError: not with stage 'retrain', no config.json there, or a stage-1 field differs.
+    ValueError: not with stage 'retrain', no config.json there, a stage-1 field differs, or a target
+      stage 1 did not run for.
   """
   if config.stage != "retrain":
     raise ValueError(f"config.prune_workdir={prune_dir!r} needs --config.stage=retrain")
@@ -864,10 +878,14 @@ def _check_prune_workdir(config, prune_dir: str):
   with open(path, encoding="utf-8") as f:
     stored = json.load(f)
   shown = _config_diff(stored, json.loads(config.to_json_best_effort()),
-                       lambda g: g in _STAGE1_FIELDS)
+                       lambda g: g in _STAGE1_FIELDS and g != "target_sparsities")
   if shown:
     raise ValueError(f"config.prune_workdir={prune_dir!r} was pruned with other stage-1 settings "
                      f"({shown})")
+  missing = sorted(set(config.target_sparsities) - set(stored["target_sparsities"]))
+  if missing:
+    raise ValueError(f"config.prune_workdir={prune_dir!r}: stage 1 ran for target sparsities "
+                     f"{sorted(stored['target_sparsities'])}, not {missing}; retrain a subset of them")
 
 
 class NoTargetReachedError(RuntimeError):

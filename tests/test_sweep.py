@@ -176,3 +176,23 @@ def test_cli_solve_only(sweep_config, tmp_path):
     plan = json.load(f)
   assert plan["num_entities"] == 320 and len(plan["settings"]) == 11
   assert not (tmp_path / "w" / "runs").exists()
+
+
+def test_pep_budgets_share_one_stage1(swept, sweep_config):
+  workdir, out = swept
+  shared = [d for d in os.listdir(os.path.join(workdir, "runs")) if d.startswith("pep_stage1_")]
+  assert len(shared) == 1
+  with open(os.path.join(workdir, "runs", shared[0], "prune", "summary.json")) as f:
+    summary = json.load(f)
+  pep = [r for r in out["records"] if r["method"] == "pep"]
+  assert len(pep) == len(sweep_config.sweep.budgets)
+  assert sorted(t["target_sparsity"] for t in summary["targets"]) == sorted(
+      r["setting"]["overrides"]["target_sparsities"][0] for r in pep)
+  for rec in pep:
+    rdir = os.path.join(workdir, "runs", rec["name"])
+    assert not os.path.exists(os.path.join(rdir, "prune"))  # retrained from the shared stage 1
+    with open(os.path.join(rdir, "config.json")) as f:
+      assert json.load(f)["prune_workdir"] == os.path.join(workdir, "runs", shared[0])
+    assert 0 < rec["prune_seconds"] <= summary["seconds"]
+  cerp = [r for r in out["records"] if r["method"] == "cerp"]  # a b per budget: each its own
+  assert all(os.path.exists(os.path.join(workdir, "runs", r["name"], "prune")) for r in cerp)

@@ -256,3 +256,14 @@ def test_retrain_from_another_workdirs_stage1(test_config, tmp_path):
   c3.model.dim = 4
   with pytest.raises(ValueError, match=r"other stage-1 settings \(model.dim: 8 → 4\)"):
     T.train_and_evaluate(c3, str(tmp_path / "c"))
+  # One stage 1 for several budgets: a run retraining a subset of its targets gets the same result.
+  c4 = c2.copy_and_resolve_references()
+  c4.target_sparsities = (0.4,)
+  out4 = T.train_and_evaluate(c4, str(tmp_path / "d"))
+  assert set(out4) == {"sparsity_0.4000"}
+  drop_time = lambda r: {k: v for k, v in r["test"].items() if k != "seconds"}
+  assert drop_time(out4["sparsity_0.4000"]) == drop_time(out["sparsity_0.4000"])
+  c5 = c2.copy_and_resolve_references()
+  c5.target_sparsities = (0.3,)
+  with pytest.raises(ValueError, match=r"stage 1 ran for target sparsities \[0.25, 0.4\], not \[0.3\]"):
+    T.train_and_evaluate(c5, str(tmp_path / "e"))
