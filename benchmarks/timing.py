@@ -63,10 +63,10 @@ def time_stage(config, data, stage: str, reps: int = 5) -> dict:
           "epoch_s_estimate": -(-len(users) // sc_cfg.groups_per_step) * sec / steps}
 
 
-def time_eval(config, data, topk_block=None, score_only: bool = False) -> dict:
+def time_eval(config, data, workers=None, score_only: bool = False) -> dict:
   """One test evaluation (full ranking, or the config's seeded sample), after a warm-up call.
 
-  ``topk_block``: the evaluator's chunked top-K (None: its default; 0: ``lax.top_k``).
+  ``workers``: the evaluator's dispatching threads (None: its default; 1: one batch at a time).
   ``score_only``: time only the scoring of the same user batches (no masking, top-K or metrics),
   the matmul share of an evaluation.
   """
@@ -75,7 +75,7 @@ def time_eval(config, data, topk_block=None, score_only: bool = False) -> dict:
   variables = {**T.init_variables(model, config.seed, 2), **T.model_consts(config, data)}
   ec = config.eval
   ev = evaluation.Evaluator(data, "test", ec.ks, ec.batch_size, user_sample=ec.test_user_sample,
-                            seed=ec.sample_seed, topk_block=topk_block)
+                            seed=ec.sample_seed, workers=workers)
   score_fn = T.make_score_fn(model, data.num_users)
   vectors_fn = T.make_vectors_fn(model)
   if score_only:

@@ -7,7 +7,9 @@ DCG = Σ_hits 1/log2(rank + 1) (rank 1-based), IDCG over min(K, |held-out|) hits
 HitRate@K = 1[hits > 0].
 
 Scoring and metrics run in one jitted function per user batch (fixed shapes: the last batch and the
-per-batch index lists are padded), with ``jax.lax.top_k``. Given a
+per-batch index lists are padded), with ``jax.lax.top_k``; on one device two host threads keep two
+batches in flight, so one batch's single-threaded top-K (XLA CPU's runtime TopK partial-sorts each
+row) overlaps the next batch's multi-threaded scoring matmul (Gowalla MF, 2-core CPU: 6.2 → 4.8 s). Given a
 :class:`cerp_jax.sharding.ShardingPlan`, the users of each batch are split along the mesh's ``'data'``
 axis (the batch size is rounded up to a multiple of its size): scores under GSPMD, masking, top-K and
 metrics per user shard (:func:`sharded_batch_metrics`); items and tables stay as the plan placed them.
@@ -37,61 +39,8 @@ def _pad_to(x: np.ndarray, n: int, fill: int) -> np.ndarray:
   return np.concatenate([x, np.full(n - len(x), fill, x.dtype)])
 
 
-def top_k(x: jax.Array, k: int, block: int = 0) -> tuple[jax.Array, jax.Array]:
-  """Exactly ``jax.lax.top_k(x, k)`` over the last axis of ``[B, n]``, optionally by chunk maxima.
-
-  With ``block > 0`` the row is cut into contiguous chunks of ``block`` items; the ``k`` chunks with
-  the largest maxima hold the row's top ``k`` (at most ``k`` chunks can hold a top-``k`` item), so
-  only ``k · block`` candidates, gathered in index order, go through ``lax.top_k``. Values, indices
-  and the tie order (equal values: lower index first) equal ``lax.top_k``'s for NaN-free inputs,
-  −∞ included (tested). On this CPU ``lax.top_k`` partial-sorts all ``n`` indices per row
-  (XLA's runtime TopK), the dominant cost of a full-ranking batch; the chunk maxima are one
-  streaming pass.
-
-  Args:
-    x: ``[B, n]`` float32 scores.
-    k: how many (≤ n).
-    block: chunk length; 0 (or too few chunks to help) uses ``lax.top_k`` directly.
-
-  Returns:
-    (values ``[B, k]`` float32 descending, indices ``[B, k]`` int32).
-  """
-  b, n = x.shape
-  num_full = n // block if block > 0 else 0
-  if num_full <= k or k * block >= n // 2:
-    return jax.lax.top_k(x, k)
-  cmax = x[:, :num_full * block].reshape(b, num_full, block).max(axis=2)
-  if n > num_full * block:  # a shorter last chunk
-    cmax = jnp.concatenate([cmax, x[:, num_full * block:].max(axis=1, keepdims=True)], axis=1)
-  _, chunks = jax.lax.top_k(cmax, k)
-  chunks = jnp.sort(chunks, axis=1)  # candidates in index order keep lax.top_k's tie order
-  pos = (chunks[:, :, None] * block + jnp.arange(block, dtype=chunks.dtype)).reshape(b, k * block)
-  valid = pos < n
-  pos = jnp.minimum(pos, n - 1)
-  cand = jnp.where(valid, jnp.take_along_axis(x, pos, axis=1), -jnp.inf)
-  values, j = jax.lax.top_k(cand, k)
-  return values, jnp.take_along_axis(pos, j, axis=1)
-
-
-def default_topk_block() -> int:
-  """Chunk length for :func:`top_k` on the default backend: 32 on CPU (where ``lax.top_k`` is a
-  per-row partial sort), 0 (``lax.top_k``) on GPU/TPU."""
-  return 32 if jax.default_backend() == "cpu" else 0
-
-
-def default_max_score_bytes() -> Optional[int]:
-  """Cap on one user batch's ``[B, I]`` float32 score buffer: 16 MiB on CPU, none on GPU/TPU.
-
-  On CPU, XLA's buffers come from glibc malloc, which maps every allocation above its mmap threshold
-  (at most 32 MiB) afresh and page-faults it in on first touch, every call: writing a 168 MB
-  ``[1024, 40981]`` score matrix took 124–194 ms per 1024 rows here, a 21 MB one (128 rows) 22 ms
-  (benchmarks/run.py P2). Under the cap the buffers are reused from the heap.
-  """
-  return 16 * 2 ** 20 if jax.default_backend() == "cpu" else None
-
-
 def batch_metrics(scores: jax.Array, excl_r, excl_c, held_r, held_c, num_held,
-                  ks: Sequence[int], topk_block: int = 0) -> tuple[dict, jax.Array]:
+                  ks: Sequence[int]) -> tuple[dict, jax.Array]:
   """Per-user metrics of one user batch (jit-friendly).
 
   Args:
@@ -100,7 +49,6 @@ def batch_metrics(scores: jax.Array, excl_r, excl_c, held_r, held_c, num_held,
     held_r, held_c: ``[H] int32`` held-out (row, item) pairs; padding uses row ``B``.
     num_held: ``[B] int32`` held-out count per row (0 for padded rows).
     ks: cut-offs.
-    topk_block: :func:`top_k`'s chunk length (0: ``lax.top_k``); the result is the same.
 
   Returns:
     ({f'{metric}@{k}': [B] float32}, top-K item ids ``[B, max(ks)] int32``).
@@ -108,7 +56,7 @@ def batch_metrics(scores: jax.Array, excl_r, excl_c, held_r, held_c, num_held,
   b, _ = scores.shape
   kmax = max(ks)
   scores = scores.at[excl_r, excl_c].set(-jnp.inf, mode="drop")
-  _, top = top_k(scores, kmax, topk_block)
+  _, top = jax.lax.top_k(scores, kmax)
   held = jnp.zeros(scores.shape, bool).at[held_r, held_c].set(True, mode="drop")
   hits = jnp.take_along_axis(held, top, axis=1).astype(jnp.float32)  # [B, kmax]
   discount = 1.0 / jnp.log2(jnp.arange(kmax, dtype=jnp.float32) + 2.0)
@@ -127,8 +75,7 @@ def batch_metrics(scores: jax.Array, excl_r, excl_c, held_r, held_c, num_held,
 
 
 def sharded_batch_metrics(scores: jax.Array, excl_r, excl_c, held_r, held_c, num_held,
-                          ks: Sequence[int], mesh: jax.sharding.Mesh,
-                          topk_block: int = 0) -> tuple[dict, jax.Array]:
+                          ks: Sequence[int], mesh: jax.sharding.Mesh) -> tuple[dict, jax.Array]:
   """:func:`batch_metrics` with the rows (users) split along the mesh's ``'data'`` axis.
 
   Each device masks, ranks (``lax.top_k``) and scores its own rows: the replicated (row, item) lists
@@ -139,7 +86,6 @@ def sharded_batch_metrics(scores: jax.Array, excl_r, excl_c, held_r, held_c, num
     scores: ``[B, I]``, B a multiple of the data-axis size.
     excl_r, excl_c, held_r, held_c, num_held, ks: as :func:`batch_metrics` (rows global).
     mesh: the mesh (axes ``'data'`` and optionally ``'model'``, over which rows are replicated).
-    topk_block: as :func:`batch_metrics`.
   """
 
   def local(s, er, ec, hr, hc, nh):
@@ -150,7 +96,7 @@ def sharded_batch_metrics(scores: jax.Array, excl_r, excl_c, held_r, held_c, num
       r = r - offset
       return jnp.where((r >= 0) & (r < b), r, b)  # row b: dropped
 
-    return batch_metrics(s, rows(er), ec, rows(hr), hc, nh, ks, topk_block)
+    return batch_metrics(s, rows(er), ec, rows(hr), hc, nh, ks)
 
   rows_spec, rep = P(shard_lib.DATA), P()
   return jax.shard_map(local, mesh=mesh, in_specs=(rows_spec, rep, rep, rep, rep, rows_spec),
@@ -169,11 +115,8 @@ class Evaluator:
     seed: sample seed.
     plan: a :class:`cerp_jax.sharding.ShardingPlan` to split each batch's users across its devices
       (None: one device, as before).
-    topk_block: :func:`top_k`'s chunk length; None picks :func:`default_topk_block` (the metrics
-      and top-K lists are identical for every value).
-    max_score_bytes: lowers ``batch_size`` so that one ``[B, I]`` float32 score buffer stays within
-      this many bytes (None: :func:`default_max_score_bytes`; 0: no cap). Per-user results do not
-      depend on the batching.
+    workers: host threads dispatching batches (None: 2 without a plan; 1 with one, so every process
+      of a multi-host run issues its collectives in the same order). Results do not depend on it.
 
   Raises:
     DataError: the split has no held-out interaction.
@@ -181,8 +124,7 @@ class Evaluator:
 
   def __init__(self, data: data_lib.Interactions, split: str, ks: Sequence[int] = (5, 10, 20, 50),
                batch_size: int = 1024, user_sample: int = 0, seed: int = 0,
-               plan: Optional[shard_lib.ShardingPlan] = None, topk_block: Optional[int] = None,
-               max_score_bytes: Optional[int] = None):
+               plan: Optional[shard_lib.ShardingPlan] = None, workers: Optional[int] = None):
     if split not in ("valid", "test"):
       raise ValueError(f"split={split!r}: expected 'valid' or 'test'")
     held = data.valid if split == "valid" else data.test
@@ -199,11 +141,8 @@ class Evaluator:
     self.sampled = users.size < self.num_users_total
     self.num_items = data.num_items
     self.plan = plan
-    self.topk_block = default_topk_block() if topk_block is None else int(topk_block)
+    self.workers = (2 if plan is None else 1) if workers is None else max(1, int(workers))
     self.batch_size = min(batch_size, users.size)
-    cap = default_max_score_bytes() if max_score_bytes is None else max_score_bytes
-    if cap:
-      self.batch_size = max(1, min(self.batch_size, cap // (4 * max(data.num_items, 1))))
     if plan is not None:  # users split evenly along 'data' (padded users are dropped)
       self.batch_size = plan.padded_groups(self.batch_size)
     self._batches = self._build_batches(held, exclude)
@@ -232,16 +171,16 @@ class Evaluator:
   def _fn(self, score_fn: Callable):
     key = id(score_fn)
     if key not in self._jitted:
-      ks, plan, block = self.ks, self.plan, self.topk_block
+      ks, plan = self.ks, self.plan
 
       def run(args, users, excl_r, excl_c, held_r, held_c, num_held):
         scores = score_fn(args, users)
         if plan is None:
-          return batch_metrics(scores, excl_r, excl_c, held_r, held_c, num_held, ks, block)
+          return batch_metrics(scores, excl_r, excl_c, held_r, held_c, num_held, ks)
         scores = jax.lax.with_sharding_constraint(
             scores, NamedSharding(plan.mesh, P(shard_lib.DATA, None)))
         return sharded_batch_metrics(scores, excl_r, excl_c, held_r, held_c, num_held, ks,
-                                     plan.mesh, block)
+                                     plan.mesh)
 
       jitted = jax.jit(run) if plan is None else jax.jit(run, out_shardings=plan.replicated)
       self._jitted[key] = (score_fn, jitted)
@@ -272,24 +211,31 @@ class Evaluator:
     fn = self._fn(score_fn)
     t0 = time.perf_counter()
     per_user, tops = {}, []
-    batches = self._batches
+
+    def one(b):  # runs in a worker thread; JAX releases the GIL while the batch computes
+      m, top = fn(args, *self._inputs(b))
+      n = b["num_real"]
+      return ({k: v[:n] for k, v in jax.device_get(m).items()},
+              np.asarray(top)[:n] if return_topk else None)
+
+    if self.workers > 1:
+      from concurrent.futures import ThreadPoolExecutor  # pylint: disable=g-import-not-at-top
+      pool = ThreadPoolExecutor(self.workers)
+      results = pool.map(one, self._batches)  # in batch order
+    else:
+      pool, results = None, map(one, self._batches)
     if progress:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-      batches = tqdm(batches, desc=f"eval/{self.split}", leave=False)
-    pending = []  # dispatched batches; fetched one behind, so the next batch is queued meanwhile
-
-    def collect(n, m, top):
-      for k, v in jax.device_get(m).items():
-        per_user.setdefault(k, []).append(v[:n])
-      if return_topk:
-        tops.append(np.asarray(top)[:n])
-
-    for b in batches:
-      pending.append((b["num_real"], *fn(args, *self._inputs(b))))
-      if len(pending) > 1:
-        collect(*pending.pop(0))
-    for p in pending:
-      collect(*p)
+      results = tqdm(results, total=len(self._batches), desc=f"eval/{self.split}", leave=False)
+    try:
+      for m, top in results:
+        for k, v in m.items():
+          per_user.setdefault(k, []).append(v)
+        if return_topk:
+          tops.append(top)
+    finally:
+      if pool is not None:
+        pool.shutdown(wait=True, cancel_futures=True)
     out = {"split": self.split, "num_users_evaluated": int(len(self.users)),
            "num_users_total": self.num_users_total, "sampled": bool(self.sampled)}
     for k, v in per_user.items():
