@@ -1,0 +1,44 @@
+"""The benchmark scripts run and report what they claim (structure and formulas, never timings)."""
+
+import json
+import subprocess
+import sys
+
+from cerp_jax import embeddings as emb_lib
+from conftest import REPO
+
+
+def _run(args, timeout=600):
+  r = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                     timeout=timeout)
+  assert r.returncode == 0, r.stderr[-2000:]
+  return r
+
+
+def test_scaling_rows_follow_the_formulas(tmp_path):
+  out = tmp_path / "scaling.json"
+  _run(["benchmarks/scaling.py", "--sizes=2000", "--dim=16", "--reps=1", f"--json={out}"])
+  rows = {r["method"]: r for r in json.loads(out.read_text())}
+  b = emb_lib.smallest_valid_bucket_size(2000)
+  assert rows["full"]["embedding_params"] == 2000 * 16 and rows["full"]["setting"] == "d=16"
+  assert rows["cerp"]["embedding_params"] == 4 * b * 16 and rows["cerp"]["setting"] == f"b={b}"
+  for r in rows.values():
+    assert r["fits"] and r["ms_per_step"] > 0 and r["peak_rss_gib"] > 0
+    assert r["predicted_peak_gib"] * 2 ** 30 >= r["embedding_params"] * 4  # at least the table
+
+
+def test_scaling_records_what_does_not_fit(tmp_path):
+  out = tmp_path / "scaling.json"
+  r = _run(["benchmarks/scaling.py", "--sizes=2000", "--dim=16", "--methods=full",
+            "--memory_limit_gib=1e-6", f"--json={out}"])
+  (row,) = json.loads(out.read_text())
+  assert row["fits"] is False and "predicted" in row["note"] and "does not fit" in r.stdout
+
+
+def test_bench_json_has_every_requested_figure(tmp_path):
+  out = tmp_path / "bench.json"
+  _run(["benchmarks/run.py", "--figures=P6", f"--json={out}"])
+  res = json.loads(out.read_text())
+  assert set(res["P6"]) >= {"measured", "unit", "target", "limit", "meets_target"}
+  assert res["machine"]["matmul_gflops"] > 0 and res["machine"]["memory_gbs"] > 0
+  assert "P2_mf" not in res
