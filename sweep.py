@@ -2,6 +2,7 @@
 
   python sweep.py --config=configs/sweep_gowalla_mf.py --workdir=runs/sweep_gowalla_mf
   python sweep.py --config=configs/sweep_gowalla_mf.py --solve_only   # settings per method × budget
+  python sweep.py --config=configs/sweep_gowalla_mf.py --workdir=DIR --report_only  # finished runs
 
 Rerunning the same command skips finished runs and resumes unfinished ones (cerp_jax/sweep.py).
 """
@@ -20,6 +21,8 @@ config_flags.DEFINE_config_file("config", None, "Sweep configuration file (confi
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory of the sweep (one subfolder per run).")
 flags.DEFINE_bool("solve_only", False, "Only solve the budgets and print the settings.")
+flags.DEFINE_bool("report_only", False, "Train nothing: write results.csv/.md and frontier.png from "
+                  "the runs finished so far.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -30,7 +33,8 @@ def main(argv):
     raise app.UsageError("--workdir is required (unless --solve_only)")
   logs.setup()
   logging.info("local devices: %s", jax.local_devices())
-  logs.run_cli(sweep_lib.run_sweep, FLAGS.config, FLAGS.workdir, solve_only=FLAGS.solve_only)
+  logs.run_cli(sweep_lib.run_sweep, FLAGS.config, FLAGS.workdir, solve_only=FLAGS.solve_only,
+               report_only=FLAGS.report_only)
 
 
 if __name__ == "__main__":

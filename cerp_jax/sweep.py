@@ -508,13 +508,16 @@ def plot_frontier(path: str, rows: Sequence[dict], config, pop: Optional[dict]) 
 # --------------------------------------------------------------------------------------------------
 
 
-def run_sweep(config, workdir: Optional[str], solve_only: bool = False) -> dict:
+def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
+              report_only: bool = False) -> dict:
   """Solves the budgets, runs every (method, budget, seed, lr) not finished yet, writes the results.
 
   Args:
     config: a sweep config (a train config with a ``sweep`` field; ``configs/sweep_*.py``).
     workdir: the sweep's directory (optional with ``solve_only``).
     solve_only: only solve and print the settings (and write ``plan.json``/``plan.md`` if workdir).
+    report_only: train nothing; write the outputs from the runs finished so far (the others are
+      '–' in the tables and missing from the plot), e.g. while the sweep is still running elsewhere.
 
   Returns:
     ``{'plan': [settings], 'records': [...], 'rows': [...], 'most_popular': {...}}``.
@@ -547,6 +550,13 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False) -> dict:
   shared: dict = {}  # (first index of the group, seed) → shared stage-1 folder
   records = []
   for i, (s, seed, lr) in enumerate(jobs):
+    if report_only:
+      path = os.path.join(workdir, "runs", run_name(s, seed, lr), "sweep_run.json")
+      if os.path.exists(path):
+        records.append(_read_json(path))
+      else:
+        logging.info("sweep: %s not finished yet; left out of the report", run_name(s, seed, lr))
+      continue
     logging.info("sweep: run %d/%d", i + 1, len(jobs))
     prune_dir = None
     idx = settings.index(s)
@@ -557,6 +567,8 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False) -> dict:
         shared[(g[0], seed)] = run_shared_stage1(config, [settings[j] for j in g], seed, workdir)
       prune_dir = shared[(g[0], seed)]
     records.append(run_one(config, s, seed, lr, workdir, prune_workdir=prune_dir))
+  if not records:
+    raise ValueError(f"{workdir}: no finished run to report yet")
   pop = most_popular(config, data, workdir)
   metric_keys = sorted({k for r in records for k in r if "@" in k})
   rows = aggregate(records, metric_keys)

@@ -196,3 +196,22 @@ def test_pep_budgets_share_one_stage1(swept, sweep_config):
     assert 0 < rec["prune_seconds"] <= summary["seconds"]
   cerp = [r for r in out["records"] if r["method"] == "cerp"]  # a b per budget: each its own
   assert all(os.path.exists(os.path.join(workdir, "runs", r["name"], "prune")) for r in cerp)
+
+
+def test_report_only_trains_nothing_and_reports_finished_runs(swept, sweep_config, monkeypatch,
+                                                              tmp_path):
+  workdir, out = swept
+
+  def boom(*a, **kw):
+    raise AssertionError("report_only trained or evaluated a run")
+
+  monkeypatch.setattr(train_lib, "train_and_evaluate", boom)
+  monkeypatch.setattr(report, "evaluate_workdir", boom)
+  c = sweep_config.copy_and_resolve_references()
+  c.sweep.budgets = tuple(c.sweep.budgets) + (0.3,)  # a budget never run: left out, not trained
+  res = S.run_sweep(c, workdir, report_only=True)
+  assert len(res["records"]) == len(out["records"])
+  md = open(os.path.join(workdir, "results.md")).read()
+  assert "30.0%" in md  # the pivot has the unrun budget's column, with '–' cells
+  with pytest.raises(ValueError, match="no finished run"):
+    S.run_sweep(c, str(tmp_path / "empty"), report_only=True)
