@@ -135,6 +135,8 @@ def run_child(n: int, method: str, dim: int, reps: int, limit_gib: float) -> dic
     state, m = compiled(state, blk, jnp.int32(0), {})
     jax.block_until_ready(m)
     times.append(time.perf_counter() - t0)
+    if not bool(np.all(np.asarray(m["active"]))):  # e.g. CERP met its budget and skips steps
+      raise RuntimeError(f"N={n} {method}: some timed steps were skipped; time fewer steps")
   ms = 1e3 * float(np.median(times[1:])) / steps
   steps_per_epoch = FLAGS.interactions_per_entity * n // groups
   row.update(fits=True, ms_per_step=ms, epoch_s_estimate=ms / 1e3 * steps_per_epoch,
@@ -144,6 +146,8 @@ def run_child(n: int, method: str, dim: int, reps: int, limit_gib: float) -> dic
 
 
 def _fmt_row(r) -> str:
+  if r.get("failed"):
+    return f"| {r['N']:.0e} | {r['method']} | ? | – | – | – | – | FAILED: {r['note']} | – |"
   if not r.get("fits"):
     return (f"| {r['N']:.0e} | {r['method']} | {r['setting']} | {r['embedding_params']:,} | "
             f"{r['embedding_mib']:,.1f} | {r['predicted_peak_gib']:.2f} | – | does not fit "
@@ -178,9 +182,8 @@ def main(argv):
              f"--interactions_per_entity={FLAGS.interactions_per_entity}"]
       r = subprocess.run(cmd, capture_output=True, text=True, check=False)
       if r.returncode != 0:
-        row = {"N": n, "method": method, "fits": False, "setting": "?", "embedding_params": 0,
-               "embedding_mib": 0.0, "predicted_peak_gib": float("nan"),
-               "note": f"child failed (exit {r.returncode}): {r.stderr.strip()[-300:]}"}
+        row = {"N": n, "method": method, "fits": None, "failed": True,
+               "note": f"child exit {r.returncode}: {r.stderr.strip()[-300:]}"}
       else:
         row = json.loads(r.stdout.strip().splitlines()[-1])
       rows.append(row)

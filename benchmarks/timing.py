@@ -11,6 +11,7 @@ from cerp_jax import evaluation
 from cerp_jax import models
 from cerp_jax import pruning
 from cerp_jax import sampler as sampler_lib
+from cerp_jax import sharding as shard_lib
 from cerp_jax import train as T
 
 
@@ -75,7 +76,8 @@ def time_eval(config, data, workers=None, score_only: bool = False) -> dict:
   variables = {**T.init_variables(model, config.seed, 2), **T.model_consts(config, data)}
   ec = config.eval
   ev = evaluation.Evaluator(data, "test", ec.ks, ec.batch_size, user_sample=ec.test_user_sample,
-                            seed=ec.sample_seed, workers=workers)
+                            seed=ec.sample_seed, workers=workers,
+                           plan=shard_lib.ShardingPlan.from_config(config))  # as train/eval.py
   score_fn = T.make_score_fn(model, data.num_users)
   vectors_fn = T.make_vectors_fn(model)
   if score_only:

@@ -7,9 +7,10 @@ DCG = Σ_hits 1/log2(rank + 1) (rank 1-based), IDCG over min(K, |held-out|) hits
 HitRate@K = 1[hits > 0].
 
 Scoring and metrics run in one jitted function per user batch (fixed shapes: the last batch and the
-per-batch index lists are padded), with ``jax.lax.top_k``; on one device two host threads keep two
-batches in flight, so one batch's single-threaded top-K (XLA CPU's runtime TopK partial-sorts each
-row) overlaps the next batch's multi-threaded scoring matmul (Gowalla MF, 2-core CPU: 6.2 → 4.8 s). Given a
+per-batch index lists are padded), with ``jax.lax.top_k``; in a single-process run two host threads
+keep two batches in flight, so one batch's single-threaded top-K (XLA CPU's runtime TopK
+partial-sorts each row) overlaps the next batch's multi-threaded scoring matmul (Gowalla MF, 2-core
+CPU: 6.3 → 4.95 s, benchmarks/run.py P2). Given a
 :class:`cerp_jax.sharding.ShardingPlan`, the users of each batch are split along the mesh's ``'data'``
 axis (the batch size is rounded up to a multiple of its size): scores under GSPMD, masking, top-K and
 metrics per user shard (:func:`sharded_batch_metrics`); items and tables stay as the plan placed them.
@@ -115,11 +116,13 @@ class Evaluator:
     seed: sample seed.
     plan: a :class:`cerp_jax.sharding.ShardingPlan` to split each batch's users across its devices
       (None: one device, as before).
-    workers: host threads dispatching batches (None: 2 without a plan; 1 with one, so every process
-      of a multi-host run issues its collectives in the same order). Results do not depend on it.
+    workers: host threads dispatching batches (None: 2 in a single-process run, 1 in a multi-process
+      one, where every process must issue its collectives in the same order). Results do not depend
+      on it. A plan over a single device is dropped (the same computation without ``shard_map``).
 
   Raises:
     DataError: the split has no held-out interaction.
+    ValueError: ``workers > 1`` in a multi-process run.
   """
 
   def __init__(self, data: data_lib.Interactions, split: str, ks: Sequence[int] = (5, 10, 20, 50),
@@ -140,8 +143,14 @@ class Evaluator:
     self.users = users.astype(np.int32)
     self.sampled = users.size < self.num_users_total
     self.num_items = data.num_items
+    if plan is not None and plan.mesh.size == 1:
+      plan = None
     self.plan = plan
-    self.workers = (2 if plan is None else 1) if workers is None else max(1, int(workers))
+    single = jax.process_count() == 1
+    self.workers = (2 if single else 1) if workers is None else max(1, int(workers))
+    if self.workers > 1 and not single:
+      raise ValueError(f"workers={workers}: a multi-process evaluation dispatches from one thread "
+                       "(collectives must be issued in the same order on every process)")
     self.batch_size = min(batch_size, users.size)
     if plan is not None:  # users split evenly along 'data' (padded users are dropped)
       self.batch_size = plan.padded_groups(self.batch_size)

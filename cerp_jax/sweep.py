@@ -149,7 +149,7 @@ def _read_json(path: str):
 
 
 def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
+  tmp = f"{path}.{os.getpid()}.tmp"
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
   os.replace(tmp, path)
@@ -182,28 +182,78 @@ def shared_stage1_groups(settings: Sequence[budget_lib.Setting]) -> list[list[in
   return [g for g in groups.values() if len(g) > 1]
 
 
-def run_shared_stage1(config, members: Sequence[budget_lib.Setting], seed: int, workdir: str) -> str:
-  """Runs (or finds finished) the one stage 1 of ``members`` with all their targets, in
-  ``workdir/runs/<method>_stage1_<key hash>_seed<seed>``; returns that folder.
+def _target(setting: budget_lib.Setting) -> float:
+  (t,) = setting.overrides["target_sparsities"]
+  return float(t)
 
-  Stage 1 takes its snapshot of each budget at the first step under it (spec §5), exactly as a
-  run with only that target would, so a budget retrained from the shared stage 1 gets the same
-  mask as from its own (tested).
-  """
-  key = hashlib.sha1(stage1_key(members[0]).encode()).hexdigest()[:8]
-  sdir = os.path.join(workdir, "runs", f"{members[0].method}_stage1_{key}_seed{seed}")
-  rc = run_config(config, members[0], seed, config.sweep.lrs[0])
-  rc.target_sparsities = tuple(sorted({float(t) for m in members
-                                       for t in m.overrides["target_sparsities"]}))
+
+def _stage1_config(config, setting: budget_lib.Setting, seed: int, targets) -> ml_collections.ConfigDict:
+  """The config of a shared stage 1: the setting's run config at the base config's retraining rate
+  (stage 1 does not depend on it; a changed lr grid must not orphan a finished stage 1)."""
+  rc = run_config(config, setting, seed, config.retrain.lr)
+  rc.target_sparsities = tuple(sorted(float(t) for t in targets))
   rc.stage = "prune"
-  if os.path.exists(os.path.join(sdir, "prune", "summary.json")):
-    train_lib._check_workdir_config(rc, sdir)  # pylint: disable=protected-access
-    logging.info("sweep: shared stage 1 %s finished before", sdir)
-    return sdir
-  logging.info("sweep: shared stage 1 of %s at targets %s in %s", members[0].method,
-               list(rc.target_sparsities), sdir)
+  return rc
+
+
+def _stage1_matches(rc, sdir: str) -> bool:
+  """Whether ``sdir`` holds a stage 1 with ``rc``'s stage-1 fields (targets aside)."""
+  path = os.path.join(sdir, "config.json")
+  if not os.path.exists(path):
+    return False
+  stored = _read_json(path)
+  return not train_lib._config_diff(  # pylint: disable=protected-access
+      stored, json.loads(rc.to_json_best_effort()),
+      lambda g: g in train_lib._STAGE1_FIELDS and g != "target_sparsities")  # pylint: disable=protected-access
+
+
+def find_shared_stage1(config, setting: budget_lib.Setting, seed: int, workdir: str,
+                       targets) -> Optional[str]:
+  """A finished shared stage 1 in ``workdir/runs`` with ``setting``'s stage-1 fields whose targets
+  include every one of ``targets`` (e.g. after budgets were removed or reordered), else None."""
+  key = hashlib.sha1(stage1_key(setting).encode()).hexdigest()[:8]
+  prefix = f"{setting.method}_stage1_{key}_"
+  rc = _stage1_config(config, setting, seed, targets)
+  runs_dir = os.path.join(workdir, "runs")
+  for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else ():
+    sdir = os.path.join(runs_dir, name)
+    if not (name.startswith(prefix) and name.endswith(f"_seed{seed}")):
+      continue
+    summary = os.path.join(sdir, "prune", "summary.json")
+    if os.path.exists(summary) and _stage1_matches(rc, sdir):
+      done = {float(t["target_sparsity"]) for t in _read_json(summary)["targets"]}
+      if set(float(t) for t in targets) <= done:
+        return sdir
+  return None
+
+
+def run_shared_stage1(config, members: Sequence[budget_lib.Setting], seed: int, workdir: str) -> str:
+  """Runs (or resumes, or finds finished) one stage 1 for ``members`` with all their targets, in
+  ``workdir/runs/<method>_stage1_<key hash>_<targets hash>_seed<seed>``; returns that folder.
+
+  Each budget's snapshot is the one a run with that target alone takes (the first step at or under
+  its budget, spec §5), except for the original's one-budget-per-step rule: when a single step
+  crosses two budgets, the sparser one is taken at the next step that is still under it.
+  """
+  targets = sorted({_target(m) for m in members})
+  found = find_shared_stage1(config, members[0], seed, workdir, targets)
+  if found:
+    logging.info("sweep: shared stage 1 %s finished before (targets ⊇ %s)", found, targets)
+    return found
+  key = hashlib.sha1(stage1_key(members[0]).encode()).hexdigest()[:8]
+  tkey = hashlib.sha1(json.dumps(targets).encode()).hexdigest()[:6]
+  sdir = os.path.join(workdir, "runs", f"{members[0].method}_stage1_{key}_{tkey}_seed{seed}")
+  rc = _stage1_config(config, members[0], seed, targets)
+  logging.info("sweep: shared stage 1 of %s at targets %s in %s", members[0].method, targets, sdir)
   train_lib.train_and_evaluate(rc, sdir)
   return sdir
+
+
+def _open_without_own_stage1(workdir: str, setting: budget_lib.Setting, seed: int, lr: float) -> bool:
+  """The run is not finished and has not started a stage 1 of its own (which it then resumes)."""
+  rdir = os.path.join(workdir, "runs", run_name(setting, seed, lr))
+  return not (os.path.exists(os.path.join(rdir, "sweep_run.json")) or
+              os.path.exists(os.path.join(rdir, "prune")))
 
 
 def _prune_seconds(prune_dir: str, setting: budget_lib.Setting) -> float:
@@ -215,6 +265,27 @@ def _prune_seconds(prune_dir: str, setting: budget_lib.Setting) -> float:
   if len(summary["targets"]) == 1 or rec["step"] is None or not summary["final_step"]:
     return float(summary["seconds"])
   return float(summary["seconds"]) * rec["step"] / summary["final_step"]
+
+
+def finished_record(config, setting: budget_lib.Setting, seed: int, lr: float,
+                    workdir: str) -> Optional[dict]:
+  """The run's ``sweep_run.json`` if it finished, else None.
+
+  Raises:
+    ValueError: the folder holds a finished run with other settings or another protocol.
+  """
+  rdir = os.path.join(workdir, "runs", run_name(setting, seed, lr))
+  path = os.path.join(rdir, "sweep_run.json")
+  if not os.path.exists(path):
+    return None
+  rec = _read_json(path)
+  want = setting.to_dict()["overrides"]
+  if rec["setting"]["overrides"] != want:
+    raise ValueError(f"{rdir} holds a finished run with settings {rec['setting']['overrides']}, "
+                     f"not {want}; remove it or use another --workdir")
+  train_lib._check_workdir_config(  # pylint: disable=protected-access (same protocol)
+      run_config(config, setting, seed, lr), rdir)
+  return rec
 
 
 def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: str,
@@ -244,12 +315,8 @@ def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: 
   if prune_workdir:
     rc.stage = "retrain"
     rc.prune_workdir = prune_workdir
-  if os.path.exists(record_path):
-    rec = _read_json(record_path)
-    if rec["setting"]["overrides"] != want["overrides"]:
-      raise ValueError(f"{rdir} holds a finished run with settings {rec['setting']['overrides']}, "
-                       f"not {want['overrides']}; remove it or use another --workdir")
-    train_lib._check_workdir_config(rc, rdir)  # pylint: disable=protected-access (same protocol)
+  rec = finished_record(config, setting, seed, lr, workdir)
+  if rec is not None:
     logging.info("sweep: %s finished before, skipped", name)
     return rec
   t0 = time.perf_counter()
@@ -267,10 +334,11 @@ def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: 
   if emb_lib.prunes(setting.method) and os.path.exists(
       os.path.join(prune_workdir or rdir, "prune", "summary.json")):
     prune_seconds = _prune_seconds(prune_workdir or rdir, setting)
+  shared_s = prune_seconds if prune_workdir else 0.0  # a shared stage 1 ran before t0
   if not results:
     rec.update(status="not_reached", packed_bytes=None, fill=None, within_window=False,
                prune_seconds=prune_seconds, train_seconds=prune_seconds,
-               wall_seconds=time.perf_counter() - t0)
+               wall_seconds=time.perf_counter() - t0 + shared_s)
     logging.warning("sweep: %s: stage 1 never reached the budget; no retraining, no result", name)
     _write_json(record_path, rec)
     return rec
@@ -289,7 +357,7 @@ def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: 
       epochs=train_result["epochs"], prune_seconds=prune_seconds,
       retrain_seconds=float(train_result["train_seconds"]),
       train_seconds=prune_seconds + float(train_result["train_seconds"]),
-      wall_seconds=time.perf_counter() - t0,
+      wall_seconds=time.perf_counter() - t0 + shared_s,
       num_users_evaluated=row["num_users_evaluated"], sampled=row["sampled"],
       **{k: v for k, v in row.items() if "@" in k})
   level = logging.INFO if rec["within_window"] else logging.WARNING
@@ -377,7 +445,7 @@ def aggregate(records: Sequence[dict], metric_keys: Sequence[str]) -> list[dict]
 
 def write_csv(path: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
   """Writes rows (dicts) with the given columns; missing values are empty."""
-  tmp = path + ".tmp"
+  tmp = f"{path}.{os.getpid()}.tmp"
   with open(tmp, "w", newline="", encoding="utf-8") as f:
     w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
     w.writeheader()
@@ -497,7 +565,7 @@ def plot_frontier(path: str, rows: Sequence[dict], config, pop: Optional[dict]) 
   axes[0].legend(fontsize=8)
   fig.suptitle(f"{config.data.name} / {config.model.backbone}: accuracy vs memory")
   fig.tight_layout()
-  tmp = path + ".tmp.png"
+  tmp = f"{path}.{os.getpid()}.tmp.png"
   fig.savefig(tmp, dpi=130)
   plt.close(fig)
   os.replace(tmp, path)
@@ -551,20 +619,24 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
   records = []
   for i, (s, seed, lr) in enumerate(jobs):
     if report_only:
-      path = os.path.join(workdir, "runs", run_name(s, seed, lr), "sweep_run.json")
-      if os.path.exists(path):
-        records.append(_read_json(path))
+      rec = finished_record(config, s, seed, lr, workdir)
+      if rec is not None:
+        records.append(rec)
       else:
         logging.info("sweep: %s not finished yet; left out of the report", run_name(s, seed, lr))
       continue
     logging.info("sweep: run %d/%d", i + 1, len(jobs))
     prune_dir = None
     idx = settings.index(s)
-    if idx in group_of and not os.path.exists(
-        os.path.join(workdir, "runs", run_name(s, seed, lr), "sweep_run.json")):
+    if idx in group_of and _open_without_own_stage1(workdir, s, seed, lr):
       g = group_of[idx]
       if (g[0], seed) not in shared:
-        shared[(g[0], seed)] = run_shared_stage1(config, [settings[j] for j in g], seed, workdir)
+        # the budgets of the group still to retrain (not finished, no stage 1 of their own)
+        members = [settings[j] for j in g
+                   if any(_open_without_own_stage1(workdir, settings[j], seed, r) for r in sc.lrs)]
+        shared[(g[0], seed)] = (run_shared_stage1(config, members, seed, workdir)
+                                if len(members) > 1 else
+                                find_shared_stage1(config, s, seed, workdir, [_target(s)]))
       prune_dir = shared[(g[0], seed)]
     records.append(run_one(config, s, seed, lr, workdir, prune_workdir=prune_dir))
   if not records:

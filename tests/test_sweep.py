@@ -215,3 +215,24 @@ def test_report_only_trains_nothing_and_reports_finished_runs(swept, sweep_confi
   assert "30.0%" in md  # the pivot has the unrun budget's column, with '–' cells
   with pytest.raises(ValueError, match="no finished run"):
     S.run_sweep(c, str(tmp_path / "empty"), report_only=True)
+
+
+def test_new_lr_reuses_the_finished_shared_stage1(swept, sweep_config, monkeypatch):
+  workdir, _ = swept
+  c = sweep_config.copy_and_resolve_references()
+  c.sweep.methods = ("pep",)
+  c.sweep.reference = False
+  c.sweep.lrs = (5e-3,) + tuple(c.sweep.lrs)  # a new rate first: stage 1 does not depend on it
+  stages = []
+  real = train_lib.train_and_evaluate
+
+  def spy(config, wd):
+    stages.append((config.stage, os.path.basename(wd)))
+    return real(config, wd)
+
+  monkeypatch.setattr(train_lib, "train_and_evaluate", spy)
+  out = S.run_sweep(c, workdir)
+  assert stages and all(stage == "retrain" for stage, _ in stages)  # no stage 1 again
+  assert len([d for d in os.listdir(os.path.join(workdir, "runs"))
+              if d.startswith("pep_stage1_")]) == 1
+  assert {r["lr"] for r in out["records"]} == {5e-3, sweep_config.sweep.lrs[0]}
