@@ -511,7 +511,7 @@ def markdown(rows: Sequence[dict], config, num_entities: int, pop: Optional[dict
                  f"{status} | {bytes_} | {share} | {_metric_cell(r, 'recall@20')} | "
                  f"{_metric_cell(r, 'ndcg@20')} | {_seconds(r.get('train_seconds'))} |")
   if pop:
-    lines.append(f"| most popular | 0 | item popularity | – | – | {pop['recall@20']:.4f} | "
+    lines.append(f"| most popular | – | item popularity (no embedding) | – | – | {pop['recall@20']:.4f} | "
                  f"{pop['ndcg@20']:.4f} | – |")
   budgets = sorted(sc.budgets)
   for k, title in (("recall@20", "Recall@20"), ("ndcg@20", "NDCG@20")):
@@ -532,7 +532,8 @@ def markdown(rows: Sequence[dict], config, num_entities: int, pop: Optional[dict
   return "\n".join(lines) + "\n"
 
 
-def plot_frontier(path: str, rows: Sequence[dict], config, pop: Optional[dict]) -> None:
+def plot_frontier(path: str, rows: Sequence[dict], config, pop: Optional[dict],
+                  num_entities: int) -> None:
   """frontier.png: Recall@20 and NDCG@20 against packed bytes (log x), one line per method, a star
   for the full table at d_ref, a dashed line for the most-popular ranking."""
   import matplotlib  # pylint: disable=g-import-not-at-top
@@ -555,8 +556,11 @@ def plot_frontier(path: str, rows: Sequence[dict], config, pop: Optional[dict]) 
               linestyle="none", label=f"full table d={config.sweep.reference_dim}")
     if pop:
       ax.axhline(pop[k], color="grey", linestyle="--", linewidth=1, label="most popular")
-    for b in sorted({r["budget_bytes"] for r in rows if not r["reference"]}):
-      ax.axvline(b, color="lightgrey", linestyle=":", linewidth=1)  # the budgets
+    full_bytes = budget_lib.packing.full_table_bytes(num_entities, config.sweep.reference_dim)
+    for f in sorted(config.sweep.budgets):  # every budget of the sweep, labelled, run or not yet
+      ax.axvline(f * full_bytes, color="grey", linestyle=":", linewidth=1)
+      ax.annotate(f"{f:.1%}", (f * full_bytes, 1.0), xycoords=("data", "axes fraction"),
+                  xytext=(2, -10), textcoords="offset points", fontsize=7, color="grey")
     ax.set_xscale("log")
     ax.set_xlabel("packed embedding bytes (log)")
     ax.set_ylabel(f"test {title}")
@@ -649,7 +653,7 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
   md = markdown(rows, config, data.num_entities, pop)
   with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
     f.write(md)
-  plot_frontier(os.path.join(workdir, "frontier.png"), rows, config, pop)
+  plot_frontier(os.path.join(workdir, "frontier.png"), rows, config, pop, data.num_entities)
   outside = [r["name"] for r in records if r["status"] == "ok" and not r["within_window"]]
   if outside:
     logging.warning("sweep: packed bytes OUTSIDE the budget window for %s", outside)
