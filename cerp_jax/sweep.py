@@ -201,10 +201,7 @@ def _stage1_matches(rc, sdir: str) -> bool:
   path = os.path.join(sdir, "config.json")
   if not os.path.exists(path):
     return False
-  stored = _read_json(path)
-  return not train_lib._config_diff(  # pylint: disable=protected-access
-      stored, json.loads(rc.to_json_best_effort()),
-      lambda g: g in train_lib._STAGE1_FIELDS and g != "target_sparsities")  # pylint: disable=protected-access
+  return not train_lib.stage1_diff(_read_json(path), rc)
 
 
 def find_shared_stage1(config, setting: budget_lib.Setting, seed: int, workdir: str,

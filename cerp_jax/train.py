@@ -861,6 +861,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 _STAGE1_FIELDS = ("data", "model", "prune", "sampling", "seed", "target_sparsities")
 
 
+def stage1_diff(stored: dict, config) -> str:
+  """The stage-1 fields (targets aside) in which ``config`` differs from a workdir's stored
+  ``config.json`` dict, as ``'a.b: old → new, …'``; ``''`` when a stage 1 run with ``stored`` also
+  serves ``config`` (for any subset of its targets)."""
+  return _config_diff(stored, json.loads(config.to_json_best_effort()),
+                      lambda g: g in _STAGE1_FIELDS and g != "target_sparsities")
+
+
 def _check_prune_workdir(config, prune_dir: str):
   """``config.prune_workdir``: retrain from another workdir's finished stage 1 (one stage 1, several
   retraining protocols, or several budgets). Everything stage 1 depends on must match that
@@ -877,8 +885,7 @@ def _check_prune_workdir(config, prune_dir: str):
     raise ValueError(f"config.prune_workdir: {path} not found (not a train.py workdir)")
   with open(path, encoding="utf-8") as f:
     stored = json.load(f)
-  shown = _config_diff(stored, json.loads(config.to_json_best_effort()),
-                       lambda g: g in _STAGE1_FIELDS and g != "target_sparsities")
+  shown = stage1_diff(stored, config)
   if shown:
     raise ValueError(f"config.prune_workdir={prune_dir!r} was pruned with other stage-1 settings "
                      f"({shown})")
