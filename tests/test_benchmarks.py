@@ -42,3 +42,31 @@ def test_bench_json_has_every_requested_figure(tmp_path):
   assert set(res["P6"]) >= {"measured", "unit", "target", "limit", "meets_target"}
   assert res["machine"]["matmul_gflops"] > 0 and res["machine"]["memory_gbs"] > 0
   assert "P2_mf" not in res
+
+
+def _summary(path, targets, final_step, seconds=600.0):
+  (path / "prune").mkdir(parents=True)
+  (path / "prune" / "summary.json").write_text(json.dumps(
+      {"final_step": final_step, "seconds": seconds, "targets": targets}))
+
+
+def test_p3_is_read_from_a_measured_stage_1(tmp_path):
+  _summary(tmp_path / "ok", [{"target_sparsity": 0.5, "reached": True, "step": 93_000}], 93_001)
+  out = tmp_path / "bench.json"
+  r = _run(["benchmarks/run.py", "--figures=P3", f"--p3_workdir={tmp_path / 'ok'}",
+            f"--json={out}"])
+  p3 = json.loads(out.read_text())["P3"]
+  assert p3["measured"] == 10.0 and p3["unit"] == "min" and "MEASURED" in r.stdout
+  assert "93,000" in p3["note"]
+
+
+def test_p3_refuses_a_run_that_did_not_reach_0_5(tmp_path):
+  _summary(tmp_path / "no", [{"target_sparsity": 0.5, "reached": False, "step": None}], 72_787)
+  r = subprocess.run([sys.executable, "benchmarks/run.py", "--figures=P3",
+                      f"--p3_workdir={tmp_path / 'no'}"], cwd=REPO, capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode != 0 and "no reached 0.5 target" in r.stderr
+  r = subprocess.run([sys.executable, "benchmarks/run.py", "--figures=P3",
+                      f"--p3_workdir={tmp_path / 'missing'}"], cwd=REPO, capture_output=True,
+                     text=True, timeout=600)
+  assert r.returncode != 0 and "does not exist" in r.stderr
