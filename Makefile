@@ -6,6 +6,7 @@ PY := $(VENV)/bin/python
 WORKDIR ?= runs/gowalla_mf
 CONFIG ?= configs/gowalla_mf.py
 PYTEST_ARGS ?=
+BENCH_ARGS ?=  # e.g. --p3_workdir=runs/gowalla_mlp_parity_p3 (P3 from a measured stage 1)
 
 .PHONY: train eval test test-fast bench clean-venv
 
@@ -29,7 +30,7 @@ test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q tests -m "not slow" $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed  # the benchmark suite (figures vs targets; see benchmarks/run.py)
-	$(PY) benchmarks/run.py
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
