@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+
 from cerp_jax import embeddings as emb_lib
 from conftest import REPO
 
@@ -70,3 +72,33 @@ def test_p3_refuses_a_run_that_did_not_reach_0_5(tmp_path):
                       f"--p3_workdir={tmp_path / 'missing'}"], cwd=REPO, capture_output=True,
                      text=True, timeout=600)
   assert r.returncode != 0 and "does not exist" in r.stderr
+
+
+def test_threshold_margins_formula():
+  sys.path.insert(0, str(REPO / "benchmarks"))
+  import threshold_margins  # pylint: disable=g-import-not-at-top
+  # σ(0) = 0.5, σ(−∞) → 0: entries 0.1 and 0.6 against 0.5 (one alive), 0.3 against ~0 (alive).
+  p = {"P": np.array([[0.1, -0.6], [0.3, 0.0]]), "S_P": np.array([[0.0, 0.0], [-50.0, 0.0]]),
+       "Q": np.ones((1, 2)), "other": np.zeros(3)}
+  f = threshold_margins.margins(p)
+  assert set(f) == {"P"}  # only tables with thresholds
+  assert f["P"]["alive"] == 0.5 and f["P"]["above_half"] == 0.5
+  np.testing.assert_allclose(f["P"]["median_abs_value"], 0.45)
+  np.testing.assert_allclose(f["P"]["median_threshold"], 0.25, atol=1e-12)
+
+
+def test_threshold_margins_reads_a_stage_1_checkpoint(test_config, tmp_path):
+  from cerp_jax import train as T  # pylint: disable=g-import-not-at-top
+  test_config.stage = "prune"
+  T.train_and_evaluate(test_config, str(tmp_path / "run"))
+  out = tmp_path / "m.json"
+  _run(["benchmarks/threshold_margins.py", f"--workdir={tmp_path / 'run'}", f"--json={out}"])
+  res = json.loads(out.read_text())
+  assert set(res["tables"]) == {"P", "Q"} and res["step"] > 0
+  for f in res["tables"].values():
+    assert 0.0 < f["alive"] <= 1.0 and f["median_margin"] > 0  # alive means |v| > σ(s)
+  r = subprocess.run([sys.executable, "benchmarks/threshold_margins.py",
+                      f"--workdir={tmp_path / 'none'}"], cwd=REPO, capture_output=True, text=True,
+                     timeout=600)
+  assert r.returncode != 0 and "no stage-1 checkpoint" in r.stderr
+  assert not (tmp_path / "none").exists()  # nothing created
