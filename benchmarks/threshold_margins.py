@@ -21,10 +21,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
+import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
 from cerp_jax import checkpoint as ckpt_lib
+from cerp_jax import embeddings as emb_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A train.py workdir with prune/checkpoints.", required=True)
@@ -45,9 +48,10 @@ def margins(params: dict) -> dict:
   for name, s in params.items():
     if not name.startswith("S_") or name[2:] not in params:
       continue
-    v = np.abs(np.asarray(params[name[2:]], np.float64))
-    th = np.broadcast_to(1.0 / (1.0 + np.exp(-np.asarray(s, np.float64))), v.shape)
-    alive = v > th
+    w = jnp.asarray(params[name[2:]], jnp.float32)
+    alive = np.asarray(emb_lib.soft_threshold(w, jnp.asarray(s, jnp.float32)) != 0)  # the model's rule
+    v = np.abs(np.asarray(w, np.float64))
+    th = np.broadcast_to(np.asarray(jax.nn.sigmoid(jnp.asarray(s, jnp.float32)), np.float64), v.shape)
     med = lambda x: float(np.median(x)) if x.size else float("nan")
     out[name[2:]] = {"alive": float(alive.mean()), "median_abs_value": med(v[alive]),
                      "median_threshold": med(th[alive]), "median_margin": med(v[alive] - th[alive]),
