@@ -35,11 +35,13 @@ flags.DEFINE_integer("checkpoint", None, "Checkpoint number (default: the newest
 flags.DEFINE_string("json", "", "Write {table: {...figures}} and the checkpoint's step here.")
 
 
-def margins(params: dict) -> dict:
+def margins(params: dict, gk: float = 1.0) -> dict:
   """Figures for every table T of ``params`` that has thresholds ``S_T`` (element-wise or broadcast).
 
   Args:
     params: the embedding's parameters, e.g. {'P': [b, d], 'Q': [b, d], 'S_P': ..., 'S_Q': ...}.
+    gk: the threshold multiplier at that step (1, or ``1 + step/prune.gk_ramp_steps``); the
+      threshold figures are the effective ``gk·σ(s)``.
   Returns:
     {T: {'alive', 'median_abs_value', 'median_threshold', 'median_margin', 'above_half'}} over the
     alive entries (fractions in [0, 1]; NaN where nothing is alive).
@@ -49,9 +51,10 @@ def margins(params: dict) -> dict:
     if not name.startswith("S_") or name[2:] not in params:
       continue
     w = jnp.asarray(params[name[2:]], jnp.float32)
-    alive = np.asarray(emb_lib.soft_threshold(w, jnp.asarray(s, jnp.float32)) != 0)  # the model's rule
+    alive = np.asarray(emb_lib.soft_threshold(w, jnp.asarray(s, jnp.float32), gk) != 0)  # model's rule
     v = np.abs(np.asarray(w, np.float64))
-    th = np.broadcast_to(np.asarray(jax.nn.sigmoid(jnp.asarray(s, jnp.float32)), np.float64), v.shape)
+    th = gk * np.broadcast_to(np.asarray(jax.nn.sigmoid(jnp.asarray(s, jnp.float32)), np.float64),
+                              v.shape)
     med = lambda x: float(np.median(x)) if x.size else float("nan")
     out[name[2:]] = {"alive": float(alive.mean()), "median_abs_value": med(v[alive]),
                      "median_threshold": med(th[alive]), "median_margin": med(v[alive] - th[alive]),
@@ -73,8 +76,15 @@ def main(argv):
     state = ocp.StandardCheckpointer().restore(os.path.join(store.directory, str(n), "state"))
   except Exception as e:  # orbax raises several types for damaged files
     raise ckpt_lib.CheckpointError(f"cannot read checkpoint {n} in {store.directory}: {e}") from e
-  figures = margins(state["params"]["embedding"])
-  print(f"{FLAGS.workdir}: checkpoint {n}, step {meta.get('step')}, epoch {meta.get('epoch')}")
+  ramp = 0
+  config_path = os.path.join(FLAGS.workdir, "config.json")
+  if os.path.exists(config_path):
+    with open(config_path, encoding="utf-8") as fh:
+      ramp = int(json.load(fh).get("prune", {}).get("gk_ramp_steps", 0) or 0)
+  gk = 1.0 + int(meta.get("step", 0)) / ramp if ramp > 0 else 1.0
+  figures = margins(state["params"]["embedding"], gk)
+  print(f"{FLAGS.workdir}: checkpoint {n}, step {meta.get('step')}, epoch {meta.get('epoch')}, "
+        f"threshold multiplier gk {gk:.3f}")
   for t, f in figures.items():
     print(f"  {t}: alive {f['alive']:.3f}; alive entries: median |v| {f['median_abs_value']:.3f}, "
           f"median σ(s) {f['median_threshold']:.3f}, median margin {f['median_margin']:.3f}, "

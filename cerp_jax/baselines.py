@@ -338,7 +338,7 @@ class PEPEmbedding(emb_lib.TableEmbedding):
   def tables(self) -> dict[str, jax.Array]:
     """``{'E': [N, d]}`` float32, pruned (prune), masked (retrain) or raw (dense)."""
     if self.mode == PRUNE:
-      return {"E": emb_lib.soft_threshold(self.E, self.S_E)}
+      return {"E": emb_lib.soft_threshold(self.E, self.S_E, emb_lib.threshold_multiplier(self))}
     if self.mode == RETRAIN:
       return {"E": self.E * self.M_E.value}
     return {"E": self.E}

@@ -89,6 +89,15 @@ def soft_threshold(w: jax.Array, s: jax.Array, gk: float = 1.0) -> jax.Array:
   return jnp.sign(w) * jax.nn.relu(jnp.abs(w) - gk * jax.nn.sigmoid(s))
 
 
+SCHEDULE = "schedule"  # variable collection of per-step values the train step supplies
+
+
+def threshold_multiplier(module: nn.Module) -> jax.Array:
+  """The threshold multiplier ``gk`` of this forward: the ``'schedule'`` collection's ``gk`` when
+  the train step supplies one (``prune.gk_ramp_steps > 0``), else 1 (the original, spec §2)."""
+  return module.get_variable(SCHEDULE, "gk", 1.0)
+
+
 def _threshold_init(method: str, value: float) -> Callable:
   """Threshold initialiser (spec §2): ``all_ones`` fills ``value``; random methods draw, min-max
   scale each row to [0, 1] and multiply by ``value`` (so the result lies in [value, 0])."""
@@ -199,7 +208,8 @@ class CERPEmbedding(TableEmbedding):
   def tables(self) -> dict[str, jax.Array]:
     """The effective meta tables ``{'P': [b, d], 'Q': [b, d]}`` float32 (pruned or masked)."""
     if self.mode == PRUNE:
-      return {"P": soft_threshold(self.P, self.S_P), "Q": soft_threshold(self.Q, self.S_Q)}
+      gk = threshold_multiplier(self)
+      return {"P": soft_threshold(self.P, self.S_P, gk), "Q": soft_threshold(self.Q, self.S_Q, gk)}
     if self.mode == RETRAIN:
       return {"P": self.P * self.M_P.value, "Q": self.Q * self.M_Q.value}
     return {"P": self.P, "Q": self.Q}

@@ -73,6 +73,20 @@ class StepConfig:
   l2_penalty: float
   prune: bool  # regularizer, non-zero count and snapshots on
   unique_users: bool = False  # regularizer over the batch's unique users (LightGCN)
+  gk_ramp_steps: int = 0  # > 0: threshold multiplier gk = 1 + step / gk_ramp_steps (else gk = 1)
+
+
+def threshold_multiplier(step: jax.Array, gk_ramp_steps: int) -> jax.Array:
+  """``gk = 1 + step / gk_ramp_steps`` float32 (the NCF-MLP ``:fast`` preset's schedule; 1 when off).
+
+  The original scales every soft threshold by a constant ``gk = 1`` (spec §2), and coupled decay
+  pulls ``s`` towards 0, so the threshold ``gk·σ(s)`` never passes 0.5. A linear ramp lifts that
+  ceiling, which the NCF-MLP's stage 1 needs: its surviving entries grow past 0.5 (README, Faithful
+  vs fast).
+  """
+  if gk_ramp_steps <= 0:
+    return jnp.ones((), jnp.float32)
+  return 1.0 + step.astype(jnp.float32) / float(gk_ramp_steps)
 
 
 def make_optimizer(oc: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -81,14 +95,39 @@ def make_optimizer(oc: ml_collections.ConfigDict) -> optax.GradientTransformatio
   The decay is added to the gradient *before* Adam's normalisation (``torch.optim.Adam(weight_decay)``
   semantics, not AdamW): with zero loss gradient the −100 thresholds still rise by ≈ lr per step
   (spec §2). ``grad_clip ≤ 0`` or ``weight_decay ≤ 0`` drop that part.
+
+  ``threshold_weight_decay`` (stage 1 only; < 0 or absent: the same ``weight_decay``, as the
+  original) gives the thresholds ``S_*`` their own coupled coefficient. Once the loss reaches a
+  threshold, Adam normalises the decay term ``wd·s`` by the loss gradient's RMS, so the threshold
+  rises only ≈ ``lr·wd·|s|/rms`` per step; a larger coefficient restores the rise (README, Faithful
+  vs fast).
   """
   parts = []
   if oc.grad_clip and oc.grad_clip > 0:
     parts.append(optax.clip_by_global_norm(oc.grad_clip))
-  if oc.weight_decay and oc.weight_decay > 0:
-    parts.append(optax.add_decayed_weights(oc.weight_decay))
+  wd = oc.weight_decay or 0.0
+  wd_s = oc.get("threshold_weight_decay", -1.0)
+  if wd_s is None or wd_s < 0 or wd_s == wd:  # one coupled decay on every parameter (the original)
+    if wd > 0:
+      parts.append(optax.add_decayed_weights(wd))
+  else:  # thresholds S_* get their own coefficient (the NCF-MLP's :fast preset)
+    if wd > 0:
+      parts.append(optax.add_decayed_weights(wd, mask=lambda p: _threshold_mask(p, False)))
+    if wd_s > 0:
+      parts.append(optax.add_decayed_weights(wd_s, mask=lambda p: _threshold_mask(p, True)))
   parts += [optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8), optax.scale(-oc.lr)]
   return optax.chain(*parts)
+
+
+def _threshold_mask(params, thresholds: bool):
+  """True on the soft-threshold leaves (``embedding/S_*``: CERP's S_P, S_Q; PEP's S_E) when
+  ``thresholds``, else on every other leaf."""
+
+  def is_threshold(path, _):
+    keys = [getattr(k, "key", None) for k in path]
+    return "embedding" in keys and str(keys[-1]).startswith("S_")
+
+  return jax.tree_util.tree_map_with_path(lambda p, x: is_threshold(p, x) == thresholds, params)
 
 
 def build_model(config, data: data_lib.Interactions, mode: str) -> models.Recommender:
@@ -164,6 +203,9 @@ def train_step(state: TrainState, batch: dict, epoch: jax.Array, consts: dict, *
 
   def loss_fn(params):
     variables = _variables(params, state.batch_stats, state.masks, consts)
+    if sc.prune and sc.gk_ramp_steps > 0:
+      variables[emb_lib.SCHEDULE] = {"embedding": {"gk": threshold_multiplier(state.step,
+                                                                              sc.gk_ramp_steps)}}
     kwargs = dict(train=True, group_mask=gmask)
     if has_bs:
       (scores, u, it, tables), upd = model.apply(variables, users, items, mutable=["batch_stats"],
@@ -349,7 +391,8 @@ def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
   tx = make_optimizer(pc)
   sc = StepConfig(eta=pc.eta, gamma_init=pc.gamma_init, gamma_decay=pc.gamma_decay,
                   l2_penalty=pc.l2_penalty, prune=True,
-                  unique_users=config.model.backbone == "lightgcn")
+                  unique_users=config.model.backbone == "lightgcn",
+                  gk_ramp_steps=int(pc.get("gk_ramp_steps", 0)))
   plan = shard_lib.ShardingPlan.from_config(config)
   block_fn = make_block_fn(model, tx, sc, plan)
   consts = plan.put(model_consts(config, data))
@@ -725,10 +768,18 @@ def _flatten(d: dict, prefix: str = "") -> dict:
   return out
 
 
+# Fields added after workdirs were written: absent from an older config.json, they read as these
+# defaults (which keep the older behaviour), so those runs still resume.
+_ADDED_FIELD_DEFAULTS = {"prune.threshold_weight_decay": -1.0, "prune.gk_ramp_steps": 0}
+
+
 def _config_diff(stored: dict, current: dict, selected) -> str:
   """``'a.b: old → new, …'`` over the flattened fields whose top-level group ``selected(group)``
   accepts; ``''`` when they all match."""
   a, b = _flatten(stored), _flatten(current)
+  for k, v in _ADDED_FIELD_DEFAULTS.items():
+    for flat in (a, b):
+      flat.setdefault(k, v)
   diff = sorted(k for k in set(a) | set(b) if selected(k.split(".")[0]) and a.get(k) != b.get(k))
   return ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in diff[:8])
 
@@ -796,6 +847,9 @@ def validate_config(config, num_items: Optional[int] = None):
     raise ValueError(f"config.eval.selection_metric={config.eval.selection_metric!r}: expected "
                      f"<metric>@<K> with metric in {evaluation.METRICS} and K in "
                      f"config.eval.ks={ks}")
+  ramp = config.prune.get("gk_ramp_steps", 0)
+  if not isinstance(ramp, int) or ramp < 0:
+    raise ValueError(f"config.prune.gk_ramp_steps={ramp!r}: expected an integer ≥ 0 (0 = off)")
   if not 0.0 <= config.data.valid_fraction < 1.0:
     raise ValueError(f"config.data.valid_fraction={config.data.valid_fraction!r}: expected [0, 1)")
   if config.eval.selection_split == "valid" and config.data.valid_fraction <= 0:

@@ -1,7 +1,8 @@
 """Project defaults (DECISIONS.md): the spec's model, optimizer and pruning values plus cerp_jax's
 improvements (resampled negatives, a validation split, selection on validation NDCG@20).
 
-Presets: ``:fast`` starts the thresholds at the weights' scale (skips stage 1's idle ~90 k steps);
+Presets: ``:fast`` starts the thresholds at the weights' scale (skips stage 1's idle ~90 k steps;
+configs/gowalla_mlp.py adds a larger coupled decay on the thresholds, which the MLP needs);
 ``--config=configs/<x>.py:parity`` reproduces the original protocol (fixed negatives, the
 original's epoch, no validation split, test NDCG@5 selection, per-metric maxima); ``:full`` trains the
 uncompressed full table with the same code (the reference). Arguments combine with commas
@@ -81,6 +82,8 @@ def get_config(arg: str = ""):
   c.prune.l2_penalty = 0.0
   c.prune.lr = 1e-3
   c.prune.weight_decay = 1e-5    # coupled (added to the gradient before Adam).
+  c.prune.threshold_weight_decay = -1.0  # ≥ 0: the thresholds' own coupled decay (MLP :fast).
+  c.prune.gk_ramp_steps = 0      # > 0: thresholds scaled by gk = 1 + step/gk_ramp_steps (MLP :fast).
   c.prune.grad_clip = 100.0
   c.prune.max_epochs = 50
   c.prune.steps_per_block = 1000 # steps fused in one compiled scan.

@@ -125,3 +125,17 @@ def test_fast_preset_threshold_init():
   assert -8 < E.resolved_threshold_init(c) < -7  # where the faithful run starts to prune (spec §2)
   m = E.make_embedding(c, 70839, E.PRUNE)
   assert m.threshold_init == E.resolved_threshold_init(c)
+
+
+def test_threshold_multiplier_from_schedule_collection():
+  """``gk`` (spec §2's threshold multiplier) is 1 unless the train step supplies a 'schedule'."""
+  m = E.CERPEmbedding(num_entities=50, bucket_size=8, features=4, threshold_init=-1.0)
+  v = m.init(jax.random.key(0), jnp.array([0]))
+  p, s = v["params"]["P"], v["params"]["S_P"]
+  plain = m.apply(v, method=E.CERPEmbedding.tables)
+  np.testing.assert_array_equal(plain["P"], E.soft_threshold(p, s))
+  ramped = m.apply({**v, E.SCHEDULE: {"gk": jnp.float32(2.0)}}, method=E.CERPEmbedding.tables)
+  np.testing.assert_array_equal(ramped["P"], E.soft_threshold(p, s, 2.0))
+  # a doubled threshold prunes a superset: σ(−1) ≈ 0.27 against the Xavier bound ≈ 0.82
+  assert np.all((np.asarray(ramped["P"]) != 0) <= (np.asarray(plain["P"]) != 0))
+  assert np.count_nonzero(ramped["P"]) < np.count_nonzero(plain["P"])

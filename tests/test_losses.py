@@ -89,3 +89,33 @@ def test_clip_applies_before_decay():
   st = tx.init(p)
   u, st = tx.update({"w": jnp.array([1e6])}, st, p)
   assert np.isfinite(float(u["w"][0]))
+
+
+def test_threshold_weight_decay_reaches_only_thresholds():
+  """prune.threshold_weight_decay: S_* leaves of the embedding get their own coupled coefficient,
+  every other leaf keeps weight_decay. A loss gradient of exactly −coef·param cancels the decay, so a
+  leaf stays put iff it got the coefficient we expect (Adam turns any residue into a ≈ lr step)."""
+  oc = ml_collections.ConfigDict(dict(lr=1e-2, weight_decay=1e-5, grad_clip=0.0,
+                                      threshold_weight_decay=1e-3))
+  tx = train_lib.make_optimizer(oc)
+  p = {"embedding": {"P": jnp.full((3,), 0.5), "S_P": jnp.full((3,), -4.0),
+                     "S_Q": jnp.full((3,), -2.0)},
+       "backbone": {"S_x": jnp.full((2,), 1.0)}}  # an 'S_' name outside the embedding: not a threshold
+  coef = {"embedding": {"P": 1e-5, "S_P": 1e-3, "S_Q": 1e-3}, "backbone": {"S_x": 1e-5}}
+  grads = jax.tree_util.tree_map(lambda x, c: -c * x, p, coef)
+  st = tx.init(p)
+  u, _ = tx.update(grads, st, p)
+  for leaf in jax.tree_util.tree_leaves(u):
+    np.testing.assert_allclose(leaf, 0.0, atol=1e-6)
+  # without the field (or with a negative value) every leaf decays by weight_decay (the original)
+  for extra in ({}, {"threshold_weight_decay": -1.0}):
+    tx0 = train_lib.make_optimizer(ml_collections.ConfigDict(
+        dict(lr=1e-2, weight_decay=1e-5, grad_clip=0.0, **extra)))
+    g0 = jax.tree_util.tree_map(lambda x: -1e-5 * x, p)
+    u0, _ = tx0.update(g0, tx0.init(p), p)
+    for leaf in jax.tree_util.tree_leaves(u0):
+      np.testing.assert_allclose(leaf, 0.0, atol=1e-6)
+  # and the thresholds' decay really differs: the uniform-decay gradient leaves S moving by ≈ lr
+  u1, _ = tx.update(g0, tx.init(p), p)
+  np.testing.assert_allclose(np.abs(u1["embedding"]["S_P"]), 1e-2, rtol=1e-3)
+  np.testing.assert_allclose(u1["embedding"]["P"], 0.0, atol=1e-6)

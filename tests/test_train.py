@@ -267,3 +267,73 @@ def test_retrain_from_another_workdirs_stage1(test_config, tmp_path):
   c5.target_sparsities = (0.3,)
   with pytest.raises(ValueError, match=r"stage 1 ran for target sparsities \[0.25, 0.4\], not \[0.3\]"):
     T.train_and_evaluate(c5, str(tmp_path / "e"))
+
+
+def test_threshold_weight_decay_reaches_budgets_sooner(test_config, tmp_path):
+  """The NCF-MLP :fast preset's knob: the same run with a larger coupled decay on the thresholds
+  only meets every budget earlier, and its snapshots hold exactly the counted non-zeros."""
+  test_config.stage = "prune"
+  steps = {}
+  for wd_s in (-1.0, 0.05):
+    c = test_config.copy_and_resolve_references()
+    c.prune.threshold_weight_decay = wd_s
+    wd = str(tmp_path / f"wd{wd_s}")
+    T.train_and_evaluate(c, wd)
+    summary = _prune_outputs(wd)
+    assert all(t["reached"] for t in summary["targets"])
+    ps, _ = T.load_prune_results(c, D.load_interactions(c), wd)
+    for i, t in enumerate(summary["targets"]):
+      assert sum(int(np.count_nonzero(ps.snapshots[k][i])) for k in ps.snapshots) == t["nonzeros"]
+      assert t["nonzeros"] <= t["budget"]
+    steps[wd_s] = [t["step"] for t in summary["targets"]]
+  assert steps[0.05][-1] < steps[-1.0][-1], steps
+
+
+def test_workdir_from_before_an_added_field_still_resumes(test_config, tmp_path):
+  """A config.json written before prune.threshold_weight_decay existed matches its default (the
+  original behaviour), and only that: a run asking for another value is refused."""
+  wd = tmp_path / "w"
+  wd.mkdir()
+  old = json.loads(test_config.to_json_best_effort())
+  del old["prune"]["threshold_weight_decay"]
+  (wd / "config.json").write_text(json.dumps(old))
+  T._check_workdir_config(test_config, str(wd))  # pylint: disable=protected-access
+  c = test_config.copy_and_resolve_references()
+  c.prune.threshold_weight_decay = 1e-3
+  with pytest.raises(ValueError, match="prune.threshold_weight_decay: -1.0 → 0.001"):
+    T._check_workdir_config(c, str(wd))  # pylint: disable=protected-access
+
+
+def test_threshold_multiplier_ramp():
+  assert float(T.threshold_multiplier(jnp.int32(7), 0)) == 1.0
+  np.testing.assert_allclose(float(T.threshold_multiplier(jnp.int32(0), 100)), 1.0)
+  np.testing.assert_allclose(float(T.threshold_multiplier(jnp.int32(250), 100)), 3.5)
+
+
+def test_gk_ramp_reaches_budgets_sooner(test_config, tmp_path):
+  """prune.gk_ramp_steps (gk = 1 + step/ramp): budgets met earlier than the same run without it,
+  and the snapshots hold what the ramped forward produced (exact nnz within budget)."""
+  test_config.stage = "prune"
+  steps = {}
+  for ramp in (0, 20):
+    c = test_config.copy_and_resolve_references()
+    c.prune.gk_ramp_steps = ramp
+    wd = str(tmp_path / f"ramp{ramp}")
+    T.train_and_evaluate(c, wd)
+    summary = _prune_outputs(wd)
+    assert all(t["reached"] for t in summary["targets"])
+    ps, _ = T.load_prune_results(c, D.load_interactions(c), wd)
+    for i, t in enumerate(summary["targets"]):
+      assert sum(int(np.count_nonzero(ps.snapshots[k][i])) for k in ps.snapshots) == t["nonzeros"]
+      assert t["nonzeros"] <= t["budget"]
+    steps[ramp] = [t["step"] for t in summary["targets"]]
+  assert steps[20][-1] < steps[0][-1], steps
+
+
+def test_bad_gk_ramp_refused(test_config, tmp_path):
+  test_config.prune.gk_ramp_steps = -5
+  with pytest.raises(ValueError, match="gk_ramp_steps=-5"):
+    T.train_and_evaluate(test_config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+  with pytest.raises(TypeError):  # ml_collections keeps the field an int
+    test_config.prune.gk_ramp_steps = 2.5
