@@ -269,15 +269,18 @@ def test_retrain_from_another_workdirs_stage1(test_config, tmp_path):
     T.train_and_evaluate(c5, str(tmp_path / "e"))
 
 
-def test_threshold_weight_decay_reaches_budgets_sooner(test_config, tmp_path):
-  """The NCF-MLP :fast preset's knob: the same run with a larger coupled decay on the thresholds
-  only meets every budget earlier, and its snapshots hold exactly the counted non-zeros."""
+@pytest.mark.parametrize("field,off,on", [("threshold_weight_decay", -1.0, 0.05),
+                                          ("gk_ramp_steps", 0, 20)])
+def test_fast_mlp_knobs_reach_budgets_sooner(test_config, tmp_path, field, off, on):
+  """The NCF-MLP :fast preset's two knobs, each alone: a larger coupled decay on the thresholds only,
+  and the ramp gk = 1 + step/ramp. The same run with the knob on meets every budget earlier, and its
+  snapshots hold exactly the non-zeros the (ramped) forward counted, within budget."""
   test_config.stage = "prune"
   steps = {}
-  for wd_s in (-1.0, 0.05):
+  for value in (off, on):
     c = test_config.copy_and_resolve_references()
-    c.prune.threshold_weight_decay = wd_s
-    wd = str(tmp_path / f"wd{wd_s}")
+    setattr(c.prune, field, value)
+    wd = str(tmp_path / f"{field}{value}")
     T.train_and_evaluate(c, wd)
     summary = _prune_outputs(wd)
     assert all(t["reached"] for t in summary["targets"])
@@ -285,8 +288,8 @@ def test_threshold_weight_decay_reaches_budgets_sooner(test_config, tmp_path):
     for i, t in enumerate(summary["targets"]):
       assert sum(int(np.count_nonzero(ps.snapshots[k][i])) for k in ps.snapshots) == t["nonzeros"]
       assert t["nonzeros"] <= t["budget"]
-    steps[wd_s] = [t["step"] for t in summary["targets"]]
-  assert steps[0.05][-1] < steps[-1.0][-1], steps
+    steps[value] = [t["step"] for t in summary["targets"]]
+  assert steps[on][-1] < steps[off][-1], steps
 
 
 def test_workdir_from_before_an_added_field_still_resumes(test_config, tmp_path):
@@ -308,26 +311,6 @@ def test_threshold_multiplier_ramp():
   assert float(T.threshold_multiplier(jnp.int32(7), 0)) == 1.0
   np.testing.assert_allclose(float(T.threshold_multiplier(jnp.int32(0), 100)), 1.0)
   np.testing.assert_allclose(float(T.threshold_multiplier(jnp.int32(250), 100)), 3.5)
-
-
-def test_gk_ramp_reaches_budgets_sooner(test_config, tmp_path):
-  """prune.gk_ramp_steps (gk = 1 + step/ramp): budgets met earlier than the same run without it,
-  and the snapshots hold what the ramped forward produced (exact nnz within budget)."""
-  test_config.stage = "prune"
-  steps = {}
-  for ramp in (0, 20):
-    c = test_config.copy_and_resolve_references()
-    c.prune.gk_ramp_steps = ramp
-    wd = str(tmp_path / f"ramp{ramp}")
-    T.train_and_evaluate(c, wd)
-    summary = _prune_outputs(wd)
-    assert all(t["reached"] for t in summary["targets"])
-    ps, _ = T.load_prune_results(c, D.load_interactions(c), wd)
-    for i, t in enumerate(summary["targets"]):
-      assert sum(int(np.count_nonzero(ps.snapshots[k][i])) for k in ps.snapshots) == t["nonzeros"]
-      assert t["nonzeros"] <= t["budget"]
-    steps[ramp] = [t["step"] for t in summary["targets"]]
-  assert steps[20][-1] < steps[0][-1], steps
 
 
 def test_bad_gk_ramp_refused(test_config, tmp_path):
