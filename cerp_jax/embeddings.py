@@ -84,7 +84,8 @@ def soft_threshold(w: jax.Array, s: jax.Array, gk: float = 1.0) -> jax.Array:
   Args:
     w: weights, any shape, float32.
     s: threshold logits, broadcastable to ``w``.
-    gk: threshold multiplier (1 in stage 1).
+    gk: threshold multiplier (1 in the original's stage 1; ``1 + step/prune.gk_ramp_steps`` under
+      the NCF-MLP ``:fast`` preset, :func:`threshold_multiplier`).
   """
   return jnp.sign(w) * jax.nn.relu(jnp.abs(w) - gk * jax.nn.sigmoid(s))
 

@@ -2,7 +2,8 @@
 improvements (resampled negatives, a validation split, selection on validation NDCG@20).
 
 Presets: ``:fast`` starts the thresholds at the weights' scale (skips stage 1's idle ~90 k steps;
-configs/gowalla_mlp.py adds a larger coupled decay on the thresholds, which the MLP needs);
+configs/gowalla_mlp.py adds a larger coupled decay on the thresholds and a ramp of their multiplier
+gk, which the MLP needs);
 ``--config=configs/<x>.py:parity`` reproduces the original protocol (fixed negatives, the
 original's epoch, no validation split, test NDCG@5 selection, per-metric maxima); ``:full`` trains the
 uncompressed full table with the same code (the reference). Arguments combine with commas
