@@ -15,6 +15,10 @@ Counts (DECISIONS.md, Data): from ``user_list.txt``/``item_list.txt`` when prese
 are errors. Duplicate (user, item) pairs inside one file are de-duplicated with a warning that names the
 file and the first duplicate's line (the LightGCN loaders silently keep them; a duplicate positive would
 count twice in Recall's denominator, so we drop it). A pair present in two splits is an error.
+
+Limits, checked before any array is sized by a count: a count from max id + 1 may be at most
+``max(PLAUSIBLE_FLOOR, PLAUSIBLE_FACTOR × distinct ids)`` (a larger id is taken for a typo), and users
++ items at most :data:`MAX_ENTITIES`. Messages show ids as the file has them (1-based in ``u.data``).
 """
 
 from __future__ import annotations
@@ -88,13 +92,18 @@ class Interactions:
 
 @dataclasses.dataclass(frozen=True)
 class Pairs:
-  """(user, item) pairs read from one file, with the 1-based line each came from."""
+  """(user, item) pairs read from one file, with the 1-based line each came from.
+
+  Ids are 0-based; ``id_base`` is the file's first id (1 for ``u.data``), so that messages show an
+  id as the file has it (``id + id_base``).
+  """
 
   path: str
   users: np.ndarray  # [n] int64
   items: np.ndarray  # [n] int64
   lines: np.ndarray  # [n] int64, 1-based line numbers
   num_lines: int
+  id_base: int = 0
 
 
 def read_lightgcn_file(path: os.PathLike | str) -> Pairs:
@@ -107,15 +116,15 @@ def read_lightgcn_file(path: os.PathLike | str) -> Pairs:
     Pairs with ``users``, ``items`` int64 ``[n]`` and 1-based ``lines``.
 
   Raises:
-    DataError: missing or empty file, a non-integer token, a negative id (message names file, line,
-      token).
+    DataError: missing or empty file, a non-integer token, bytes that are not UTF-8, a negative id
+      (message names file, line, token).
   """
   path = str(path)
   if not os.path.exists(path):
     raise DataError(f"{path}: file not found")
   users, items, lines = [], [], []
   num_lines = 0
-  with open(path, "r", encoding="utf-8") as f:
+  with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
     for lineno, line in enumerate(f, start=1):
       num_lines = lineno
       tokens = line.split()
@@ -125,6 +134,7 @@ def read_lightgcn_file(path: os.PathLike | str) -> Pairs:
         ids = np.array([int(t) for t in tokens], dtype=np.int64)
       except ValueError:
         bad = next(t for t in tokens if not _is_int(t))
+        _raise_if_not_utf8(path, lineno, bad)
         raise DataError(f"{path}:{lineno}: non-integer token {bad!r}") from None
       if (ids < 0).any():
         bad = int(ids[ids < 0][0])
@@ -142,27 +152,31 @@ def read_lightgcn_file(path: os.PathLike | str) -> Pairs:
 def read_movielens_100k(path: os.PathLike | str) -> Pairs:
   """Reads MovieLens-100K raw ``u.data`` (tab-separated ``user item rating timestamp``, 1-based).
 
-  Every rating counts as an implicit interaction. Ids are shifted to 0-based.
+  Every rating counts as an implicit interaction. Ids are shifted to 0-based (``id_base`` = 1, so
+  messages downstream show the file's 1-based ids); ``lines`` are file lines, blank lines included.
 
   Raises:
-    DataError: missing/empty file, a line without 4 integer fields, an id < 1 (names file, line, value).
+    DataError: missing/empty file, a line without 4 integer fields, bytes that are not UTF-8, an id
+      < 1 (names file, line, value).
   """
   path = str(path)
   if not os.path.exists(path):
     raise DataError(f"{path}: file not found")
-  users, items = [], []
+  users, items, lines = [], [], []
   num_lines = 0
-  with open(path, "r", encoding="utf-8") as f:
+  with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
     for lineno, line in enumerate(f, start=1):
       num_lines = lineno
       if not line.strip():
         continue
       fields = line.rstrip("\n").split("\t")
       if len(fields) != 4:
+        _raise_if_not_utf8(path, lineno, line)
         raise DataError(f"{path}:{lineno}: expected 4 tab-separated fields, got {len(fields)}: "
                         f"{line.strip()!r}")
       for tok in fields:
         if not _is_int(tok):
+          _raise_if_not_utf8(path, lineno, tok)
           raise DataError(f"{path}:{lineno}: non-integer token {tok!r}")
       u, i = int(fields[0]), int(fields[1])
       for name, v in (("user", u), ("item", i)):
@@ -170,11 +184,11 @@ def read_movielens_100k(path: os.PathLike | str) -> Pairs:
           raise DataError(f"{path}:{lineno}: {name} id {v} < 1 (u.data ids are 1-based)")
       users.append(u - 1)
       items.append(i - 1)
+      lines.append(lineno)
   if not users:
     raise DataError(f"{path}: empty file")
-  n = len(users)
   return Pairs(path, np.asarray(users, np.int64), np.asarray(items, np.int64),
-               np.arange(1, n + 1, dtype=np.int64), num_lines)
+               np.asarray(lines, np.int64), num_lines, id_base=1)
 
 
 def _is_int(token: str) -> bool:
@@ -185,23 +199,88 @@ def _is_int(token: str) -> bool:
     return False
 
 
+def _raise_if_not_utf8(path: str, lineno: int, text: str) -> None:
+  """Raises DataError naming file, line and raw bytes when ``text`` holds bytes that are not UTF-8.
+
+  ``text`` was read with ``errors="surrogateescape"``, which keeps such bytes as lone surrogates.
+  """
+  raw = text.strip().encode("utf-8", "surrogateescape")
+  try:
+    raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise DataError(f"{path}:{lineno}: {raw!r} is not UTF-8 text (byte 0x{raw[e.start]:02x})"
+                    ) from None
+
+
 def _count_from_list(path: pathlib.Path) -> Optional[int]:
-  """Number of entries in a LightGCN ``user_list.txt``/``item_list.txt`` (header line excluded)."""
+  """Number of entries in a LightGCN ``user_list.txt``/``item_list.txt`` (header line excluded).
+
+  Only non-blank lines are counted; their text (original ids, any encoding) is not interpreted.
+  """
   if not path.exists():
     return None
-  with open(path, "r", encoding="utf-8") as f:
+  with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
     n = sum(1 for line in f if line.strip())
   return max(n - 1, 0)
 
 
+# Where a count comes from when neither a list file nor the config gives it.
+_FROM_MAX = "max id + 1"
+# Largest number of entities (users + items): entity ids are int32 downstream.
+MAX_ENTITIES = 2**31 - 1
+# A count from max id + 1 may be at most max(PLAUSIBLE_FLOOR, PLAUSIBLE_FACTOR × distinct ids seen);
+# real data numbers its users and items densely (max id + 1 = distinct ids), so a larger max id is
+# taken for a typo rather than sizing every array by it.
+PLAUSIBLE_FLOOR = 2**16
+PLAUSIBLE_FACTOR = 8
+
+
+def _check_counts(splits: Sequence[Pairs], num_users: int, num_items: int, source: dict) -> None:
+  """Refuses counts that no array may be sized by; allocates nothing sized by an id.
+
+  A count from max id + 1 (``source[name] == "max id + 1"``) above ``max(PLAUSIBLE_FLOOR,
+  PLAUSIBLE_FACTOR × distinct ids of that kind over all splits)`` is refused as a typo, naming the
+  largest id where it first occurs. ``num_users + num_items`` must be at most :data:`MAX_ENTITIES`.
+
+  Raises:
+    DataError: ``path:line: <kind> id <id as in the file> …`` for an implausible id; the counts and
+      their sources for too many entities.
+  """
+  for name, count in (("user", num_users), ("item", num_items)):
+    if source[name] != _FROM_MAX or count <= PLAUSIBLE_FLOOR:
+      continue
+    ids = [getattr(p, name + "s") for p in splits]
+    distinct = int(np.unique(np.concatenate(ids)).size)
+    limit = max(PLAUSIBLE_FLOOR, PLAUSIBLE_FACTOR * distinct)
+    if count > limit:
+      p, k = _first_occurrence(splits, name + "s", count - 1)
+      raise DataError(
+          f"{p.path}:{p.lines[k]}: {name} id {count - 1 + p.id_base} looks like a typo: it would "
+          f"make {count} {name}s (counted from the largest id), more than max({PLAUSIBLE_FLOOR}, "
+          f"{PLAUSIBLE_FACTOR} × {distinct} distinct {name} ids) = {limit}; set "
+          f"config.data.num_{name}s if it is meant")
+  if num_users + num_items > MAX_ENTITIES:
+    raise DataError(f"{num_users} users ({source['user']}) + {num_items} items ({source['item']}) "
+                    f"is more than {MAX_ENTITIES} entities (entity ids are int32)")
+
+
+def _first_occurrence(splits: Sequence[Pairs], field: str, value: int) -> tuple[Pairs, int]:
+  """The first split whose ``field`` ('users' | 'items') holds ``value``, and the value's index."""
+  for p in splits:
+    hit = np.flatnonzero(getattr(p, field) == value)
+    if hit.size:
+      return p, int(hit[0])
+  raise ValueError(f"{field} {value} in no split")
+
+
 def _check_range(pairs: Pairs, num_users: int, num_items: int, source: dict) -> None:
-  """Raises DataError naming file, line and id for the first id ≥ its count."""
+  """Raises DataError naming file, line and id (as in the file) for the first id ≥ its count."""
   for name, ids, count in (("user", pairs.users, num_users), ("item", pairs.items, num_items)):
     bad = np.nonzero(ids >= count)[0]
     if bad.size:
-      k = bad[0]
-      raise DataError(f"{pairs.path}:{pairs.lines[k]}: {name} id {ids[k]} out of range: "
-                      f"{source[name]} gives {count} {name}s (valid ids 0..{count - 1})")
+      k, b = bad[0], pairs.id_base
+      raise DataError(f"{pairs.path}:{pairs.lines[k]}: {name} id {ids[k] + b} out of range: "
+                      f"{source[name]} gives {count} {name}s (valid ids {b}..{count - 1 + b})")
 
 
 def _to_csr(pairs: Pairs, num_users: int, num_items: int) -> sp.csr_matrix:
@@ -212,8 +291,9 @@ def _to_csr(pairs: Pairs, num_users: int, num_items: int) -> sp.csr_matrix:
     dup_mask = np.ones(len(keys), bool)
     dup_mask[first] = False
     k = np.nonzero(dup_mask)[0][0]
+    b = pairs.id_base
     logging.warning("%s:%d: duplicate (user %d, item %d); %d duplicate pairs dropped", pairs.path,
-                    pairs.lines[k], pairs.users[k], pairs.items[k], int(dup_mask.sum()))
+                    pairs.lines[k], pairs.users[k] + b, pairs.items[k] + b, int(dup_mask.sum()))
   m = sp.csr_matrix((np.ones(len(keys), np.float32), (pairs.users, pairs.items)),
                     shape=(num_users, num_items))
   m.sum_duplicates()
@@ -286,10 +366,11 @@ def load_lightgcn(directory: os.PathLike | str, name: str = "", num_users: int =
 
   Returns:
     (train_pairs, test_pairs, num_users, num_items, source) with ``source`` =
-    ``{'user': where the user count came from, 'item': …}``.
+    ``{'user': where the user count came from, 'item': …}``. Nothing is sized by the counts here;
+    :func:`load_interactions` checks the ids against them.
 
   Raises:
-    DataError: see :func:`read_lightgcn_file`; ids out of range; an empty train or test split.
+    DataError: see :func:`read_lightgcn_file`; an empty train or test split.
   """
   directory = pathlib.Path(directory)
   train = read_lightgcn_file(directory / "train.txt")
@@ -311,7 +392,7 @@ def _settle(from_list, from_config, from_max, list_path):
     return from_list, str(list_path)
   if from_config and from_config > 0:
     return from_config, "the config"
-  return from_max, "max id + 1"
+  return from_max, _FROM_MAX
 
 
 def load_interactions(config) -> Interactions:
@@ -322,8 +403,12 @@ def load_interactions(config) -> Interactions:
   automatic), ``valid_fraction`` (0 disables validation), ``valid_min_items``, ``test_fraction``
   (ml100k), ``split_seed``.
 
+  Counts and ids are checked (:func:`_check_counts`, then every id against its count) before any
+  array is sized by them.
+
   Raises:
-    DataError: malformed or out-of-range data, empty splits, overlapping splits.
+    DataError: malformed or out-of-range data, an implausibly large id when a count comes from max
+      id + 1, more than :data:`MAX_ENTITIES` users + items, empty splits, overlapping splits.
   """
   dc = config.data
   root = data_root(dc.get("root") or None)
@@ -339,6 +424,7 @@ def load_interactions(config) -> Interactions:
     else:
       train_pairs, test_pairs, nu, ni, source = load_lightgcn(
           directory, dc.name, dc.get("num_users", 0), dc.get("num_items", 0))
+    _check_counts((train_pairs, test_pairs), nu, ni, source)
     for p in (train_pairs, test_pairs):
       _check_range(p, nu, ni, source)
     train = _to_csr(train_pairs, nu, ni)
@@ -348,9 +434,10 @@ def load_interactions(config) -> Interactions:
     pairs = read_movielens_100k(directory / "u.data")
     nu = dc.get("num_users", 0) or int(pairs.users.max()) + 1
     ni = dc.get("num_items", 0) or int(pairs.items.max()) + 1
-    _check_range(pairs, nu, ni, {
-        "user": "the config" if dc.get("num_users", 0) else "max id + 1",
-        "item": "the config" if dc.get("num_items", 0) else "max id + 1"})
+    source = {"user": "the config" if dc.get("num_users", 0) else _FROM_MAX,
+              "item": "the config" if dc.get("num_items", 0) else _FROM_MAX}
+    _check_counts((pairs,), nu, ni, source)
+    _check_range(pairs, nu, ni, source)
     full = _to_csr(pairs, nu, ni)
     train, test = split_per_user(full, dc.test_fraction, dc.split_seed, min_items=2)
   else:

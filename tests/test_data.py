@@ -1,4 +1,5 @@
 import logging as py_logging
+import tracemalloc
 
 import ml_collections
 import numpy as np
@@ -132,3 +133,73 @@ def test_real_gowalla_counts():
   data = D.load_interactions(c)
   assert (data.num_users, data.num_items) == (29858, 40981)
   assert data.train.nnz == 810_128 and data.test.nnz == 217_242  # spec §6
+
+
+@pytest.mark.parametrize("train,lists,fmt,expected", [
+    (b"0 1 2\n1 3\n2 1000000000000\n", {}, "lightgcn",
+     r"train.txt:3: item id 1000000000000 looks like a typo: it would make 1000000000001 items"),
+    (b"0 1 2\n1 3\n2 100000000\n", {}, "lightgcn",  # was accepted: 338 MiB of item arrays
+     r"train.txt:3: item id 100000000 looks like a typo.*8 × 4 distinct item ids\) = 65536"),
+    (b"0 1 2\n1000000000000 3\n2 1\n", {}, "lightgcn", r"train.txt:2: user id 1000000000000 looks"),
+    (b"0 1 2\n1 3\n2 1000000000000\n", {"user_list": 3, "item_list": 4}, "lightgcn",
+     r"train.txt:3: item id 1000000000000 out of range: .*item_list.txt gives 4 items"),
+    (b"1\t1\t5\t0\n2\t2\t5\t0\n\n3\t1000000000000\t5\t0\n", {}, "ml100k",
+     r"u.data:4: item id 1000000000000 looks like a typo"),
+])
+def test_id_far_beyond_the_counts_is_refused_unallocated(tmp_path, train, lists, fmt, expected):
+  if fmt == "lightgcn":
+    write_lightgcn(tmp_path, {}, {0: [3], 1: [1]}, **lists)
+    (tmp_path / "train.txt").write_bytes(train)
+  else:
+    (tmp_path / "u.data").write_bytes(train)
+  tracemalloc.start()  # numpy reports its buffers to tracemalloc
+  try:
+    with pytest.raises(D.DataError, match=expected):
+      D.load_interactions(_config(tmp_path, format=fmt))
+    peak = tracemalloc.get_traced_memory()[1]
+  finally:
+    tracemalloc.stop()
+  assert peak < 16 * 2**20  # nothing sized by the bad id
+
+
+def test_plausible_id_limit_floor(tmp_path):
+  write_lightgcn(tmp_path, {0: [1, 65535], 1: [0]}, {0: [2], 1: [1]})
+  assert D.load_interactions(_config(tmp_path, valid_fraction=0.0)).num_items == 65536
+  write_lightgcn(tmp_path, {0: [1, 65536], 1: [0]}, {0: [2], 1: [1]})
+  with pytest.raises(D.DataError, match=r"train.txt:1: item id 65536 looks like a typo"):
+    D.load_interactions(_config(tmp_path))
+  data = D.load_interactions(_config(tmp_path, valid_fraction=0.0, num_items=65537))
+  assert data.num_items == 65537  # a count from the config allows it
+  with pytest.raises(D.DataError, match=r"more than 2147483647 entities"):
+    D.load_interactions(_config(tmp_path, num_items=2**31))
+
+
+def test_non_utf8_bytes_name_file_and_line(tmp_path):
+  write_lightgcn(tmp_path, {0: [1, 2]}, {0: [3], 1: [1]})
+  (tmp_path / "train.txt").write_bytes(b"0 1 2\n1 \xff3\n")
+  with pytest.raises(D.DataError, match=r"train.txt:2: b'\\xff3' is not UTF-8 text \(byte 0xff\)"):
+    D.load_interactions(_config(tmp_path))
+  (tmp_path / "u.data").write_bytes(b"1\t1\t5\t0\n\n2\t\xe92\t5\t0\n")
+  with pytest.raises(D.DataError, match=r"u.data:3: b'\\xe92' is not UTF-8 text \(byte 0xe9\)"):
+    D.read_movielens_100k(tmp_path / "u.data")
+  (tmp_path / "u.data").write_bytes(b"1\t1\t5\t0\n2\t\xff\t5\n")  # wrong field count too
+  with pytest.raises(D.DataError, match=r"u.data:2: b'2\\t\\xff\\t5' is not UTF-8 text"):
+    D.read_movielens_100k(tmp_path / "u.data")
+
+
+def test_list_files_are_counted_whatever_their_encoding(tmp_path):
+  write_lightgcn(tmp_path, {0: [1], 1: [0]}, {0: [2], 1: [1]})
+  (tmp_path / "item_list.txt").write_bytes(b"org_id remap_id\ncaf\xe9 0\nb 1\nc 2\nd 3\n")
+  assert D.load_interactions(_config(tmp_path, valid_fraction=0.0)).num_items == 4
+
+
+def test_ml100k_messages_show_file_lines_and_1_based_ids(tmp_path, caplog):
+  (tmp_path / "u.data").write_bytes(b"1\t1\t5\t0\n\n\n2\t2\t5\t0\n3\t9\t5\t0\n")
+  assert D.read_movielens_100k(tmp_path / "u.data").lines.tolist() == [1, 4, 5]
+  with pytest.raises(D.DataError, match=r"u.data:5: item id 9 out of range: the config gives 5 "
+                     r"items \(valid ids 1..5\)"):
+    D.load_interactions(_config(tmp_path, format="ml100k", num_items=5))
+  (tmp_path / "u.data").write_bytes(b"1\t1\t5\t0\n\n2\t2\t5\t0\n1\t2\t5\t0\n\n2\t2\t3\t9\n")
+  with caplog.at_level(py_logging.WARNING):
+    D.load_interactions(_config(tmp_path, format="ml100k"))
+  assert "u.data:6: duplicate (user 2, item 2)" in caplog.text
