@@ -1,7 +1,7 @@
 """Budget solver: turns (method, byte budget) into the settings whose packed tables fill the budget.
 
 A budget is a number of bytes of the *packed* embedding tables, measured by one packer for every
-method (:mod:`cerp_jax.packing`; DECISIONS.md, Budgets). Sweeps give budgets as fractions of the
+method (:mod:`cerp_jax.packing`). Sweeps give budgets as fractions of the
 uncompressed float32 ``[N, d_ref]`` table, ``packing.full_table_bytes(N, d_ref) = N·d_ref·4 + 16``.
 Every setting must land in ``[lo, hi]·budget`` (default ``[0.9, 1.0]``) of measured packed bytes.
 
@@ -18,9 +18,16 @@ method        knob                          sizing rule
 ``pep``       target sparsity s (of N·d)    the largest non-zero count n whose packed ``[N, d_ref]``
                                             table fits; s = 1 − n/(N·d_ref)
 ``cerp``      b, then s (of 2·b·d)          b: largest (≥ the smallest valid b) whose tables fit at the
-                                            configured sparsity ``cerp_sparsity``; then s is lowered to
-                                            the largest non-zero count that still fits
+                                            configured sparsity ``cerp_sparsity`` (float16/int8: or
+                                            0.1, 0.2, … below it, see ``_cerp_sparsities``); then s
+                                            is lowered to the largest non-zero count that still fits
 ============  ===========================  ============================================================
+
+**Value dtypes.** A method spec ``<method>@<value dtype>`` (``full@int8``, ``qr@float16``,
+``cerp@int8``; a bare ``<method>`` is ``@float32``) sizes the method for tables packed with that
+``packing.VALUE_DTYPES`` value dtype (post-training quantization at eval time, ``config.pack``): the
+same rules with 2-byte (float16) or 1-byte + a float32 scale per row (int8) values, so e.g. the full
+table at 10 % is d = 12 in float32 and d = 47 in int8. The model still trains in float32.
 
 Dense methods are predicted exactly (all entries non-zero ⇒ the packer picks the dense layout). For
 pruned methods the packed size depends on how many non-zeros each table keeps; the prediction is an
@@ -28,9 +35,10 @@ upper bound: the worst split of n non-zeros over CERP's two tables, plus ``SLACK
 header digits of smaller counts (the snapshot is taken at the first step with ≤ n non-zeros, so a
 run can only land lower). The sweep verifies the measured size of every run after packing.
 
-The packer's file format (magic, JSON header, raw arrays) is mirrored here in closed form so that
-sizes for millions of candidate non-zero counts cost microseconds; ``tests/test_budget.py`` checks it
-against :func:`cerp_jax.packing.pack` byte for byte.
+The packer's file format (``packing.FIXED_BYTES`` of prefix, checksum and meta, whatever their values;
+the JSON directory; the raw arrays) is mirrored here in closed form so that sizes for millions of
+candidate non-zero counts cost microseconds; ``tests/test_budget.py`` checks it against
+:func:`cerp_jax.packing.pack` byte for byte, for every method's meta and every value dtype.
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ from cerp_jax import embeddings as emb_lib
 from cerp_jax import packing
 
 METHODS = ("full", "qr", "hash", "pep", "cerp")
+VALUE_DTYPES = tuple(packing.VALUE_DTYPES)  # 'float32' (default), 'float16', 'int8'
 PRUNED = ("pep", "cerp")
 SLACK_BYTES = 32  # header-digit jitter allowance for pruned methods (see module docstring)
 
@@ -55,11 +64,30 @@ class BudgetError(ValueError):
   """No setting of a method lands in the budget window."""
 
 
+def parse_method(spec: str) -> tuple[str, str]:
+  """``'full@int8'`` → ``('full', 'int8')``; a bare ``'full'`` → ``('full', 'float32')``.
+
+  Raises:
+    ValueError: unknown method or value dtype (named, with the expected ones).
+  """
+  method, sep, dtype = str(spec).partition("@")
+  dtype = dtype if sep else "float32"
+  if method not in METHODS or dtype not in VALUE_DTYPES:
+    raise ValueError(f"method={spec!r}: expected <method>[@<value dtype>] with method in {METHODS} "
+                     f"and value dtype in {VALUE_DTYPES}, e.g. 'full@int8'")
+  return method, dtype
+
+
+def method_spec(method: str, value_dtype: str = "float32") -> str:
+  """The inverse of :func:`parse_method`: ``'full'`` for float32, else ``'full@int8'``."""
+  return method if value_dtype == "float32" else f"{method}@{value_dtype}"
+
+
 # --------------------------------------------------------------------------------------------------
 # Exact packed sizes (closed-form mirror of cerp_jax.packing)
 # --------------------------------------------------------------------------------------------------
 
-_MAGIC_AND_LENGTH = len(packing.MAGIC) + 4
+_FIXED = packing.FIXED_BYTES  # prefix (magic, lengths, CRC-32) + meta: constant
 
 
 def _digits(x) -> np.ndarray:
@@ -77,26 +105,31 @@ def _uint_itemsize(max_value) -> np.ndarray:
   return np.select([m <= 0xFF, m <= 0xFFFF, m <= 0xFFFFFFFF], [1, 2, 4], 8)
 
 
-def _layout_arrays(layout: str, rows: int, cols: int, nnz) -> list[tuple[str, object, object]]:
+def _layout_arrays(layout: str, rows: int, cols: int, nnz,
+                   value_dtype: str = "float32") -> list[tuple[str, object, object]]:
   """``(part, length, itemsize)`` of the arrays :func:`packing.encode_table` writes (all 1-D; every
-  dtype string, ``i8 f4 u1 u2 u4 u8``, has 2 characters)."""
+  dtype string, ``i8 f4 f2 i1 u1 u2 u4 u8``, has 2 characters). int8 adds ``scales [rows] f4``."""
   nnz = np.asarray(nnz, np.int64)
-  shape = ("shape", 2, 8)
+  vsize = np.dtype(packing.VALUE_DTYPES[value_dtype]).itemsize
+  head = [("shape", 2, 8)]
+  scales = [("scales", rows, 4)] if value_dtype == "int8" else []
   if layout == "dense":
-    return [shape, ("values", rows * cols + 0 * nnz, 4)]
+    return head + [("values", rows * cols + 0 * nnz, vsize)] + scales
   if layout == "csr":
-    return [shape, ("values", nnz, 4), ("indices", nnz, int(_uint_itemsize(max(cols - 1, 0)))),
-            ("indptr", rows + 1, _uint_itemsize(nnz))]
+    return head + [("values", nnz, vsize)] + scales + [
+        ("indices", nnz, int(_uint_itemsize(max(cols - 1, 0)))),
+        ("indptr", rows + 1, _uint_itemsize(nnz))]
   if layout == "bitmap":
-    return [shape, ("values", nnz, 4), ("bitmap", -(-rows * cols // 8), 1)]
+    return head + [("values", nnz, vsize)] + scales + [("bitmap", -(-rows * cols // 8), 1)]
   raise ValueError(f"layout={layout!r}: expected one of {packing.LAYOUTS}")
 
 
 def _container_bytes(arrays: Sequence[tuple[str, object, object]]) -> np.ndarray:
   """Size of ``packing._serialize`` of named 1-D arrays ``(name, length, itemsize)`` (broadcast).
 
-  ``MAGIC + uint32 + json.dumps([[name, dtype, [length], offset], ...], separators=(',', ':'))`` +
-  payload; one header entry is ``11 + len(name) + len(dtype) + digits(length) + digits(offset)``.
+  ``FIXED_BYTES + json.dumps([[name, dtype, [length], offset], ...], separators=(',', ':'))`` +
+  payload; one directory entry is ``11 + len(name) + len(dtype) + digits(length) +
+  digits(offset)``.
   """
   offset = np.int64(0)
   header = 2 + max(len(arrays) - 1, 0)
@@ -104,41 +137,45 @@ def _container_bytes(arrays: Sequence[tuple[str, object, object]]) -> np.ndarray
     length = np.asarray(length, np.int64)
     header = header + 11 + len(name) + 2 + _digits(length) + _digits(offset)
     offset = offset + length * np.asarray(itemsize, np.int64)
-  return _MAGIC_AND_LENGTH + header + offset
+  return _FIXED + header + offset
 
 
-def table_sizes(rows: int, cols: int, nnz) -> np.ndarray:
+def table_sizes(rows: int, cols: int, nnz, value_dtype: str = "float32") -> np.ndarray:
   """``[3, ...]`` bytes of one ``[rows, cols]`` table with ``nnz`` non-zeros serialized alone in each
   layout of ``packing.LAYOUTS`` (the sizes :func:`packing.pack` compares)."""
-  return np.stack([np.broadcast_to(_container_bytes(_layout_arrays(l, rows, cols, nnz)),
-                                   np.shape(nnz)) for l in packing.LAYOUTS])
+  return np.stack([np.broadcast_to(
+      _container_bytes(_layout_arrays(l, rows, cols, nnz, value_dtype)), np.shape(nnz))
+                   for l in packing.LAYOUTS])
 
 
-def chosen_layouts(rows: int, cols: int, nnz) -> np.ndarray:
+def chosen_layouts(rows: int, cols: int, nnz, value_dtype: str = "float32") -> np.ndarray:
   """Index into ``packing.LAYOUTS`` the packer picks (smallest; ties to the first), ``[...]`` int."""
-  return np.argmin(table_sizes(rows, cols, nnz), axis=0)
+  return np.argmin(table_sizes(rows, cols, nnz, value_dtype), axis=0)
 
 
-def packed_bytes(tables: Sequence[tuple[str, int, int, object]]) -> np.ndarray:
+def packed_bytes(tables: Sequence[tuple[str, int, int, object]],
+                 value_dtype: str = "float32") -> np.ndarray:
   """Exact size of :func:`packing.pack`'s file for tables of given shapes and non-zero counts.
 
-  The size depends only on each table's shape and number of non-zeros, not on where they are.
+  The size depends only on each table's shape and number of non-zeros (not on where they are, nor on
+  the meta's values: prefix and meta are ``packing.FIXED_BYTES`` whatever they hold).
 
   Args:
     tables: ``(name, rows, cols, nnz)`` in the order of the embedding's ``tables()`` dict; ``nnz`` may
       be an int array (broadcast across tables) to size many candidates at once.
+    value_dtype: the meta's value dtype, one of ``packing.VALUE_DTYPES``.
 
   Returns:
     bytes (int64 array, 0-d for scalar inputs).
   """
-  choices = [chosen_layouts(rows, cols, nnz) for _, rows, cols, nnz in tables]
+  choices = [chosen_layouts(rows, cols, nnz, value_dtype) for _, rows, cols, nnz in tables]
   shape = np.broadcast_shapes(*[np.shape(c) for c in choices])
   out = np.zeros(shape, np.int64)
   for combo in itertools.product(range(len(packing.LAYOUTS)), repeat=len(tables)):
     arrays = []
     for (name, rows, cols, nnz), li in zip(tables, combo):
       arrays += [(f"{name}/{part}", length, isz) for part, length, isz in
-                 _layout_arrays(packing.LAYOUTS[li], rows, cols, nnz)]
+                 _layout_arrays(packing.LAYOUTS[li], rows, cols, nnz, value_dtype)]
     hit = np.ones(shape, bool)
     for c, li in zip(choices, combo):
       hit &= np.broadcast_to(c == li, shape)
@@ -147,9 +184,13 @@ def packed_bytes(tables: Sequence[tuple[str, int, int, object]]) -> np.ndarray:
   return out
 
 
-def dense_bytes(tables: Sequence[tuple[str, int, int]]) -> int:
+def dense_bytes(tables: Sequence[tuple[str, int, int]], value_dtype: str = "float32") -> int:
   """Packed bytes of fully dense (no zero entry) tables ``(name, rows, cols)``, exact."""
-  return int(packed_bytes([(n, r, c, r * c) for n, r, c in tables]))
+  return int(packed_bytes([(n, r, c, r * c) for n, r, c in tables], value_dtype))
+
+
+def _value_itemsize(value_dtype: str) -> int:
+  return np.dtype(packing.VALUE_DTYPES[value_dtype]).itemsize
 
 
 def budget_bytes(fraction: float, num_entities: int, reference_dim: int) -> int:
@@ -178,6 +219,8 @@ class Setting:
     nonzeros: the non-zero budget of a pruned method (``int((1 − s)·entries)``), else None.
     summary: human-readable knob values, e.g. ``'b=1,666 s=0.4996'``.
     reference: the uncompressed full table at ``d_ref`` (a marker, not a budgeted run).
+    value_dtype: the packed value dtype the setting is sized for (``packing.VALUE_DTYPES``); not
+      float32 ⇒ ``overrides`` also sets ``pack.value_dtype``.
   """
 
   method: str
@@ -189,6 +232,12 @@ class Setting:
   nonzeros: Optional[int]
   summary: str
   reference: bool = False
+  value_dtype: str = "float32"
+
+  @property
+  def spec(self) -> str:
+    """The method spec, ``'full'`` or ``'full@int8'`` (:func:`parse_method`)."""
+    return method_spec(self.method, self.value_dtype)
 
   @property
   def fill(self) -> float:
@@ -233,60 +282,74 @@ def sparsity_for(nonzeros: int, entries: int) -> float:
   return s
 
 
-def solve_full(budget: int, num_entities: int) -> tuple[int, int]:
-  """(d, bytes): the widest full table ``[N, d]`` that fits."""
-  d = _largest(1, max(budget // (4 * num_entities), 1) + 1,
-               lambda d: dense_bytes([("E", num_entities, d)]) <= budget)
+def solve_full(budget: int, num_entities: int, value_dtype: str = "float32") -> tuple[int, int]:
+  """(d, bytes): the widest full table ``[N, d]`` that fits (values in ``value_dtype``)."""
+  def size(d):
+    return dense_bytes([("E", num_entities, d)], value_dtype)
+
+  vsize = _value_itemsize(value_dtype)
+  d = _largest(1, max(budget // (vsize * num_entities), 1) + 1, lambda d: size(d) <= budget)
   if d is None:
-    raise BudgetError(f"full: even d=1 ({dense_bytes([('E', num_entities, 1)]):,} bytes) exceeds "
-                      f"the budget of {budget:,} bytes")
-  return d, dense_bytes([("E", num_entities, d)])
+    raise BudgetError(f"full: even d=1 ({size(1):,} bytes) exceeds the budget of {budget:,} bytes")
+  return d, size(d)
 
 
-def qr_bytes(num_entities: int, num_collisions: int, dim: int) -> int:
+def qr_bytes(num_entities: int, num_collisions: int, dim: int, value_dtype: str = "float32") -> int:
   """Packed bytes of QR's tables ``Q [ceil(N/b), d]``, ``R [b, d]`` (dense)."""
   return dense_bytes([("Q", baselines.qr_num_quotients(num_entities, num_collisions), dim),
-                      ("R", num_collisions, dim)])
+                      ("R", num_collisions, dim)], value_dtype)
 
 
-def solve_qr(budget: int, num_entities: int, dim: int) -> tuple[int, int]:
+def solve_qr(budget: int, num_entities: int, dim: int,
+             value_dtype: str = "float32") -> tuple[int, int]:
   """(b, bytes): the largest remainder table b ≥ ceil(√N) whose QR tables fit."""
+  def size(b):
+    return qr_bytes(num_entities, b, dim, value_dtype)
+
   b_lo = max(1, math.isqrt(max(num_entities - 1, 0)) + 1) if num_entities > 1 else 1
   b_lo = min(b_lo, num_entities)
-  b = _largest(b_lo, num_entities, lambda b: qr_bytes(num_entities, b, dim) <= budget)
+  b = _largest(b_lo, num_entities, lambda b: size(b) <= budget)
   if b is None:
-    raise BudgetError(f"qr: the smallest QR tables (b={b_lo}: {qr_bytes(num_entities, b_lo, dim):,} "
-                      f"bytes) exceed the budget of {budget:,} bytes at d={dim}")
-  return b, qr_bytes(num_entities, b, dim)
+    raise BudgetError(f"qr: the smallest QR tables (b={b_lo}: {size(b_lo):,} bytes) exceed the "
+                      f"budget of {budget:,} bytes at d={dim}")
+  return b, size(b)
 
 
-def solve_hash(budget: int, dim: int) -> tuple[int, int]:
+def solve_hash(budget: int, dim: int, value_dtype: str = "float32") -> tuple[int, int]:
   """(B, bytes): the most rows of the shared ``[B, d]`` table that fit."""
-  rows = _largest(1, max(budget // (4 * dim), 1) + 1,
-                  lambda r: dense_bytes([("T", r, dim)]) <= budget)
+  def size(r):
+    return dense_bytes([("T", r, dim)], value_dtype)
+
+  vsize = _value_itemsize(value_dtype)
+  rows = _largest(1, max(budget // (vsize * dim), 1) + 1, lambda r: size(r) <= budget)
   if rows is None:
     raise BudgetError(f"hash: one row of d={dim} exceeds the budget of {budget:,} bytes")
-  return rows, dense_bytes([("T", rows, dim)])
+  return rows, size(rows)
 
 
-def pep_bytes(num_entities: int, dim: int, nonzeros) -> np.ndarray:
+def pep_bytes(num_entities: int, dim: int, nonzeros, value_dtype: str = "float32") -> np.ndarray:
   """Packed bytes of PEP's ``E [N, d]`` with ``nonzeros`` non-zeros (exact)."""
-  return packed_bytes([("E", num_entities, dim, nonzeros)])
+  return packed_bytes([("E", num_entities, dim, nonzeros)], value_dtype)
 
 
-def solve_pep(budget: int, num_entities: int, dim: int) -> tuple[float, int, int, int]:
+def solve_pep(budget: int, num_entities: int, dim: int,
+              value_dtype: str = "float32") -> tuple[float, int, int, int]:
   """(s, nonzeros, upper bytes, bytes at nonzeros): the most non-zeros of ``[N, d]`` that fit."""
+  def size(n):
+    return int(pep_bytes(num_entities, dim, n, value_dtype))
+
   entries = num_entities * dim
-  n = _largest(0, entries, lambda n: int(pep_bytes(num_entities, dim, n)) + SLACK_BYTES <= budget)
+  n = _largest(0, entries, lambda n: size(n) + SLACK_BYTES <= budget)
   if n is None:
     raise BudgetError(f"pep: even an empty [N, d] table exceeds the budget of {budget:,} bytes")
   s = sparsity_for(n, entries)
   n = int((1 - s) * entries)
-  exact = int(pep_bytes(num_entities, dim, n))
+  exact = size(n)
   return s, n, exact + SLACK_BYTES, exact
 
 
-def _split_candidates(total: int, per_table: int, rows: int, cols: int) -> np.ndarray:
+def _split_candidates(total: int, per_table: int, rows: int, cols: int,
+                      value_dtype: str = "float32") -> np.ndarray:
   """Non-zeros of the first of two equal ``[rows, cols]`` tables worth checking for the extreme
   packed size of ``total`` non-zeros: the ends, the middle, and every point where a table's size
   stops being linear (layout changes, index dtype changes, digit changes), mirrored."""
@@ -295,11 +358,11 @@ def _split_candidates(total: int, per_table: int, rows: int, cols: int) -> np.nd
   breaks = [0, per_table, 0xFF, 0x100, 0xFFFF, 0x10000]
   breaks += [10 ** k + e for k in range(1, 10) for e in (-1, 0)]
   grid = np.arange(0, per_table + 1, max(1, per_table // 4096))
-  ch = chosen_layouts(rows, cols, grid)
+  ch = chosen_layouts(rows, cols, grid, value_dtype)
   for i in np.nonzero(np.diff(ch))[0]:  # refine each layout change on the coarse grid
     a, b = int(grid[i]), int(grid[i + 1])
     seg = np.arange(a, b + 1)
-    c = chosen_layouts(rows, cols, seg)
+    c = chosen_layouts(rows, cols, seg, value_dtype)
     breaks += [int(seg[j]) for j in np.nonzero(np.diff(c))[0]] + [a, b]
   pts = set()
   for x in breaks:
@@ -309,17 +372,19 @@ def _split_candidates(total: int, per_table: int, rows: int, cols: int) -> np.nd
   return np.array(sorted(p for p in pts if lo <= p <= hi), np.int64)
 
 
-def cerp_bytes_range(num_entities: int, bucket_size: int, dim: int, nonzeros: int) -> tuple[int, int]:
+def cerp_bytes_range(num_entities: int, bucket_size: int, dim: int, nonzeros: int,
+                     value_dtype: str = "float32") -> tuple[int, int]:
   """(min, max) packed bytes of CERP's ``P, Q [b, d]`` over the splits of ``nonzeros`` between them."""
   del num_entities
   per = bucket_size * dim
-  a = _split_candidates(nonzeros, per, bucket_size, dim)
-  sizes = packed_bytes([("P", bucket_size, dim, a), ("Q", bucket_size, dim, nonzeros - a)])
+  a = _split_candidates(nonzeros, per, bucket_size, dim, value_dtype)
+  sizes = packed_bytes([("P", bucket_size, dim, a), ("Q", bucket_size, dim, nonzeros - a)],
+                       value_dtype)
   return int(sizes.min()), int(sizes.max())
 
 
-def solve_cerp(budget: int, num_entities: int, dim: int,
-               sparsity: float) -> tuple[int, float, int, int, int]:
+def solve_cerp(budget: int, num_entities: int, dim: int, sparsity: float,
+               value_dtype: str = "float32") -> tuple[int, float, int, int, int]:
   """(b, s, nonzeros, upper bytes, min bytes): CERP sized at a fixed target sparsity, then filled.
 
   b is the largest bucket size (at least the smallest valid one, ``ceil(N/b) ≤ b``) whose tables at
@@ -329,7 +394,7 @@ def solve_cerp(budget: int, num_entities: int, dim: int,
   b_min = emb_lib.smallest_valid_bucket_size(num_entities)
 
   def upper(b, n):
-    return cerp_bytes_range(num_entities, b, dim, n)[1] + SLACK_BYTES
+    return cerp_bytes_range(num_entities, b, dim, n, value_dtype)[1] + SLACK_BYTES
 
   b = _largest(b_min, max(num_entities, b_min),
                lambda b: upper(b, int((1 - sparsity) * 2 * b * dim)) <= budget) or b_min
@@ -340,7 +405,7 @@ def solve_cerp(budget: int, num_entities: int, dim: int,
                       f"{budget:,} bytes")
   s = sparsity_for(n, entries)
   n = int((1 - s) * entries)
-  lo, hi = cerp_bytes_range(num_entities, b, dim, n)
+  lo, hi = cerp_bytes_range(num_entities, b, dim, n, value_dtype)
   return b, s, n, hi + SLACK_BYTES, lo
 
 
@@ -349,7 +414,9 @@ def solve(method: str, fraction: float, num_entities: int, reference_dim: int, *
   """Settings of one method for a budget of ``fraction`` × the full float32 ``[N, d_ref]`` table.
 
   Args:
-    method: 'full' | 'qr' | 'hash' | 'pep' | 'cerp'.
+    method: a method spec ``<method>[@<value dtype>]`` (:func:`parse_method`): 'full' | 'qr' |
+      'hash' | 'pep' | 'cerp', optionally '@float16' or '@int8' (default '@float32'), sized for
+      tables packed with that value dtype.
     fraction: budget fraction in (0, 1].
     num_entities: N = users + items.
     reference_dim: d_ref (the full table's width; QR, hashing, PEP and CERP use it as their d).
@@ -357,45 +424,70 @@ def solve(method: str, fraction: float, num_entities: int, reference_dim: int, *
     window: the allowed packed bytes as fractions of the budget.
 
   Returns:
-    the :class:`Setting`.
+    the :class:`Setting` (``method`` the bare method, ``value_dtype`` the dtype; a non-float32
+    dtype adds ``pack.value_dtype`` to its overrides).
 
   Raises:
     BudgetError: no setting lands in the window (message says by how much).
-    ValueError: unknown method.
+    ValueError: unknown method or value dtype.
   """
+  method, vdt = parse_method(method)
+  setting = _solve_method(method, vdt, fraction, num_entities, reference_dim, cerp_sparsity,
+                          window)
+  if vdt == "float32":
+    return setting
+  return dataclasses.replace(setting, value_dtype=vdt,
+                             overrides={**setting.overrides, "pack.value_dtype": vdt})
+
+
+def _solve_method(method, vdt, fraction, num_entities, reference_dim, cerp_sparsity,
+                  window) -> Setting:
+  """:func:`solve` for a bare method and value dtype (the overrides without ``pack``)."""
   budget = budget_bytes(fraction, num_entities, reference_dim)
   n, d = num_entities, reference_dim
+  spec = method_spec(method, vdt)
   if method == "full":
-    dd, by = solve_full(budget, n)
-    _check_window(method, budget, by, by, fraction, window, f"d={dd}")
+    dd, by = solve_full(budget, n, vdt)
+    _check_window(spec, budget, by, by, fraction, window, f"d={dd}")
     return Setting(method, fraction, budget, {"model.embedding": "full", "model.dim": dd}, by, by,
                    None, f"d={dd}")
   if method == "qr":
-    b, by = solve_qr(budget, n, d)
+    b, by = solve_qr(budget, n, d, vdt)
     q = baselines.qr_num_quotients(n, b)
-    _check_window(method, budget, by, by, fraction, window, f"b={b}")
+    _check_window(spec, budget, by, by, fraction, window, f"b={b}")
     return Setting(method, fraction, budget, {"model.embedding": "qr", "model.dim": d,
                                                "model.bucket_size": b}, by, by, None,
                    f"b={b:,} (Q {q:,}×{d}, R {b:,}×{d})")
   if method == "hash":
-    rows, by = solve_hash(budget, d)
-    _check_window(method, budget, by, by, fraction, window, f"B={rows}")
+    rows, by = solve_hash(budget, d, vdt)
+    _check_window(spec, budget, by, by, fraction, window, f"B={rows}")
     return Setting(method, fraction, budget, {"model.embedding": "hash", "model.dim": d,
                                                "model.hash_rows": rows}, by, by, None,
                    f"B={rows:,} rows")
   if method == "pep":
-    s, nnz, hi, exact = solve_pep(budget, n, d)
-    _check_window(method, budget, exact, hi, fraction, window, f"s={s}")
+    s, nnz, hi, exact = solve_pep(budget, n, d, vdt)
+    _check_window(spec, budget, exact, hi, fraction, window, f"s={s}")
     return Setting(method, fraction, budget, {"model.embedding": "pep", "model.dim": d,
                                                "target_sparsities": (s,)}, hi, exact, nnz,
                    f"s={s:.4f} of N·d ({nnz:,} non-zeros)")
-  if method == "cerp":
-    b, s, nnz, hi, lo = solve_cerp(budget, n, d, cerp_sparsity)
-    _check_window(method, budget, lo, hi, fraction, window, f"b={b}, s={s}")
-    return Setting(method, fraction, budget, {"model.embedding": "cerp", "model.dim": d,
-                                               "model.bucket_size": b, "target_sparsities": (s,)},
-                   hi, lo, nnz, f"b={b:,} s={s:.4f} of 2bd ({nnz:,} non-zeros)")
-  raise ValueError(f"method={method!r}: expected one of {METHODS}")
+  for sp in _cerp_sparsities(cerp_sparsity, vdt):
+    b, s, nnz, hi, lo = solve_cerp(budget, n, d, sp, vdt)
+    if lo >= window[0] * budget:
+      break
+  _check_window(spec, budget, lo, hi, fraction, window, f"b={b}, s={s}")
+  return Setting(method, fraction, budget, {"model.embedding": "cerp", "model.dim": d,
+                                             "model.bucket_size": b, "target_sparsities": (s,)},
+                 hi, lo, nnz, f"b={b:,} s={s:.4f} of 2bd ({nnz:,} non-zeros)")
+
+
+def _cerp_sparsities(cerp_sparsity: float, value_dtype: str) -> list:
+  """Sparsities CERP's b is sized at, first to last until the worst split lands in the window:
+  ``cerp_sparsity`` alone for float32; for float16 / int8 also 0.1, 0.2, … below it (with 1–2-byte
+  values a bitmap's 1/8 byte per entry weighs more, and the worst split of the non-zeros over P
+  and Q spans more than the window near 0.5; denser tables narrow it)."""
+  if value_dtype == "float32":
+    return [cerp_sparsity]
+  return [round(cerp_sparsity - 0.1 * k, 6) for k in range(10) if cerp_sparsity - 0.1 * k > 0]
 
 
 def reference_setting(num_entities: int, reference_dim: int) -> Setting:
@@ -409,7 +501,7 @@ def reference_setting(num_entities: int, reference_dim: int) -> Setting:
 def solve_all(methods: Sequence[str], fractions: Sequence[float], num_entities: int,
               reference_dim: int, *, cerp_sparsity: float = 0.5,
               window: Sequence[float] = (0.9, 1.0)) -> list[Setting]:
-  """:func:`solve` for every (method, fraction), methods outer, fractions ascending."""
+  """:func:`solve` for every (method spec, fraction), methods outer, fractions ascending."""
   return [solve(m, f, num_entities, reference_dim, cerp_sparsity=cerp_sparsity, window=window)
           for m in methods for f in sorted(fractions)]
 
@@ -428,5 +520,5 @@ def markdown_table(settings: Sequence[Setting]) -> str:
       budget, share = "reference", "(full table)"
     else:
       budget = f"{s.budget_fraction:.1%}"
-    lines.append(f"| {s.method} | {budget} | {s.budget_bytes:,} | {s.summary} | {pred} | {share} |")
+    lines.append(f"| {s.spec} | {budget} | {s.budget_bytes:,} | {s.summary} | {pred} | {share} |")
   return "\n".join(lines)

@@ -273,5 +273,8 @@ def test_pep_prunes_with_the_shared_machinery(test_config, tmp_path):
     assert row["packed_bytes"] == int(budget.pep_bytes(data.num_entities, c.model.dim,
                                                         row["nonzeros"]))
     assert os.path.getsize(row["packed_file"]) == row["packed_bytes"]
+    assert packing.read_header(row["packed_file"]) == packing.PackedMeta(
+        "pep", c.model.backbone, "", "float32", data.num_users, data.num_items, data.num_users,
+        c.model.dim)  # self-describing: eval.py wrote the method's meta
   with open(os.path.join(wd, "eval.json")) as f:
     assert json.load(f)["embedding"] == "pep"

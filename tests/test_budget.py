@@ -18,30 +18,35 @@ def _table(rows, cols, nnz, rng=RNG):
   return t.reshape(rows, cols)
 
 
-def _measured(tables: dict) -> int:
-  blob, rep = packing.pack(tables)
+def _measured(tables: dict, meta=None) -> int:
+  blob, rep = packing.pack(tables, meta)
   assert rep["packed_bytes"] == len(blob)
   return len(blob)
 
 
+@pytest.mark.parametrize("value_dtype", list(packing.VALUE_DTYPES))
 @pytest.mark.parametrize("rows,cols,nnz", [
     (1, 1, 0), (1, 1, 1), (37, 130, 0), (37, 130, 5), (37, 130, 2000), (37, 130, 37 * 130),
     (1000, 128, 255), (1000, 128, 256), (1000, 128, 30_000), (1000, 128, 65_535),
     (1000, 128, 65_536), (1000, 128, 127_000), (1000, 128, 128_000), (10, 300, 2999),
     (3, 70_000, 10)])
-def test_packed_bytes_exact_one_table(rows, cols, nnz):
-  assert int(B.packed_bytes([("E", rows, cols, nnz)])) == _measured({"E": _table(rows, cols, nnz)})
+def test_packed_bytes_exact_one_table(rows, cols, nnz, value_dtype):
+  meta = packing.PackedMeta(value_dtype=value_dtype)
+  assert int(B.packed_bytes([("E", rows, cols, nnz)], value_dtype)) == _measured(
+      {"E": _table(rows, cols, nnz)}, meta)
 
 
 def test_packed_bytes_exact_random_two_tables_and_vectorised():
   rng = np.random.default_rng(3)
-  for _ in range(60):
+  for i in range(90):
+    value_dtype = ("float32", "float16", "int8")[i % 3]
     specs = []
     for name in ("P", "Q"):
       r, c = int(rng.integers(1, 300)), int(rng.integers(1, 260))
       specs.append((name, r, c, int(rng.integers(0, r * c + 1))))
     tables = {n: _table(r, c, z, rng) for n, r, c, z in specs}
-    assert int(B.packed_bytes(specs)) == _measured(tables)
+    assert int(B.packed_bytes(specs, value_dtype)) == _measured(
+        tables, packing.PackedMeta(value_dtype=value_dtype))
   # vectorised over non-zero counts = one call per count
   counts = np.array([0, 10, 500, 3000, 4000])
   vec = B.packed_bytes([("P", 40, 100, counts), ("Q", 40, 100, 4000 - counts)])
@@ -62,6 +67,32 @@ def test_sparsity_for_matches_pruning_budgets():
       s = B.sparsity_for(n, entries)
       got = int(pruning.budgets([s], entries)[0]) if 0 < s < 1 else int((1 - s) * entries)
       assert got <= n and n - got <= 2
+
+
+def test_packed_size_does_not_depend_on_the_meta_values():
+  """Prefix, checksum and meta take packing.FIXED_BYTES whatever they hold: the solver's constant."""
+  tables = {"P": _table(40, 64, 700), "Q": _table(40, 64, 2000)}
+  want = int(B.packed_bytes([("P", 40, 64, 700), ("Q", 40, 64, 2000)]))
+  for u, backbone, combine in ((1, "mf", "sum"), (800, "lightgcn", "concat"), (1599, "mlp", "sum")):
+    meta = packing.PackedMeta("cerp", backbone, combine, "float32", u, 1600 - u, u, 64, 40, 40)
+    assert _measured(tables, meta) == want
+  assert _measured(tables) == want  # 'raw' (no id layout)
+  assert packing.FIXED_BYTES == 24 + 104
+
+
+def _meta_for(setting: B.Setting, n: int) -> packing.PackedMeta:
+  """The meta eval.py writes for a run of this setting (U = n // 3 users, the rest items)."""
+  o = setting.overrides
+  m, d, b = o["model.embedding"], o["model.dim"], o.get("model.bucket_size", 0)
+  kw = dict(method=m, backbone="lightgcn", num_users=n // 3, num_items=n - n // 3,
+            item_offset=n // 3, dim=d)
+  if m == "cerp":
+    kw.update(combine="sum", bucket_size=b, quotient_divisor=-(-n // b))
+  elif m == "qr":
+    kw.update(combine="mult", bucket_size=b, quotient_divisor=b)
+  elif m == "hash":
+    kw.update(combine="sum", bucket_size=o["model.hash_rows"], num_hashes=2, hash_seed=2 ** 40)
+  return packing.PackedMeta(**kw, value_dtype=setting.value_dtype)
 
 
 def _realise(setting: B.Setting, n: int, split: float = 0.5, nonzeros=None) -> dict:
@@ -99,7 +130,7 @@ def test_solver_meets_every_budget_measured(n, d_ref, fractions, method):
     assert 0.9 * s.budget_bytes <= s.predicted_min_bytes <= s.predicted_bytes <= s.budget_bytes
     splits = (0.5, 0.3, 0.0, 1.0) if method == "cerp" else (0.5,)
     for split in splits:
-      measured = _measured(_realise(s, n, split))
+      measured = _measured(_realise(s, n, split), _meta_for(s, n))  # the file eval.py writes
       assert 0.9 * s.budget_bytes <= measured <= s.budget_bytes, (method, f, split, measured)
       if method in B.PRUNED:
         assert s.predicted_min_bytes <= measured <= s.predicted_bytes
@@ -109,6 +140,36 @@ def test_solver_meets_every_budget_measured(n, d_ref, fractions, method):
       # a snapshot can only have fewer non-zeros than the budget: still within the budget
       for fewer in (s.nonzeros - 1, int(0.98 * s.nonzeros)):
         assert _measured(_realise(s, n, nonzeros=fewer)) <= s.budget_bytes
+
+
+@pytest.mark.parametrize("n,d_ref,fractions", [(320, 32, (0.1, 0.2)), (3000, 64, (0.05, 0.1, 0.2))])
+@pytest.mark.parametrize("value_dtype", ["float16", "int8"])
+@pytest.mark.parametrize("method", B.METHODS)
+def test_solver_meets_every_budget_measured_quantized(n, d_ref, fractions, method, value_dtype):
+  """``<method>@<value dtype>``: the file eval.py packs in that dtype lands in [90 %, 100 %]."""
+  for f in fractions:
+    s = B.solve(f"{method}@{value_dtype}", f, n, d_ref)
+    assert (s.method, s.value_dtype, s.spec) == (method, value_dtype, f"{method}@{value_dtype}")
+    assert s.overrides["pack.value_dtype"] == value_dtype
+    assert 0.9 * s.budget_bytes <= s.predicted_min_bytes <= s.predicted_bytes <= s.budget_bytes
+    for split in ((0.5, 0.3, 0.0, 1.0) if method == "cerp" else (0.5,)):
+      measured = _measured(_realise(s, n, split), _meta_for(s, n))
+      assert 0.9 * s.budget_bytes <= measured <= s.budget_bytes, (method, f, split, measured)
+      assert s.predicted_min_bytes <= measured <= s.predicted_bytes
+
+
+def test_method_specs():
+  assert B.parse_method("full") == ("full", "float32")
+  assert B.parse_method("qr@float16") == ("qr", "float16")
+  assert B.method_spec("cerp", "int8") == "cerp@int8" and B.method_spec("pep") == "pep"
+  for bad in ("full@int4", "dhe@int8", "full@"):
+    with pytest.raises(ValueError, match="expected <method>"):
+      B.parse_method(bad)
+  n = 29858 + 40981  # Gowalla: int8 fits ~4× the width of float32 at the same bytes
+  assert [B.solve("full@int8", f, n, 128).overrides["model.dim"] for f in (0.025, 0.05, 0.1)] == [
+      8, 21, 47]
+  assert B.solve("full@float16", 0.1, n, 128).overrides["model.dim"] == 25
+  assert "pack.value_dtype" not in B.solve("full", 0.1, n, 128).overrides
 
 
 def test_gowalla_settings_are_sane():
