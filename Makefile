@@ -1,5 +1,5 @@
 # cerp_jax: `make train` (CERP + MF on the real Gowalla data) and `make test`.
-# Both create .venv and install the pinned requirements on first use.
+# Both create .venv and install the pinned requirements and the package on first use.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -8,13 +8,18 @@ CONFIG ?= configs/gowalla_mf.py
 PYTEST_ARGS ?=
 BENCH_ARGS ?=  # e.g. --p3_workdir=runs/gowalla_mlp_parity_p3 (P3 from a measured stage 1)
 
-.PHONY: train eval test test-fast bench clean-venv
+.PHONY: install train eval test test-fast bench clean-venv
 
-$(VENV)/.installed: requirements.txt
+# The pins first (requirements.txt, with the build backend), then cerp_jax itself from pyproject.toml,
+# editable and without resolving again: `import cerp_jax` works from any directory.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $@
+
+install: $(VENV)/.installed  # .venv with the pinned requirements and cerp_jax (editable)
 
 train: $(VENV)/.installed
 	$(PY) train.py --config=$(CONFIG) --workdir=$(WORKDIR)

@@ -28,9 +28,9 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
+    logs.cli_error(f"unexpected arguments {argv[1:]} (flags are --name=value)")
   if not FLAGS.workdir and not FLAGS.solve_only:
-    raise app.UsageError("--workdir is required (unless --solve_only)")
+    logs.cli_error("--workdir is required (unless --solve_only)")
   logs.setup()
   logging.info("local devices: %s", jax.local_devices())
   logs.run_cli(sweep_lib.run_sweep, FLAGS.config, FLAGS.workdir, solve_only=FLAGS.solve_only,
@@ -38,4 +38,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=logs.parse_flags)

@@ -28,7 +28,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"Too many command-line arguments: {argv[1:]}")
+    logs.cli_error(f"unexpected arguments {argv[1:]} (flags are --name=value)")
   logs.setup()
   shard_lib.distributed_init(FLAGS.config)  # before anything touches a device
   if not shard_lib.is_primary():  # process 0 logs and writes; the others only warn
@@ -42,4 +42,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=logs.parse_flags)
