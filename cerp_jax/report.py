@@ -4,18 +4,26 @@ For every retrained budget (or the full-table run) of a workdir:
 
 1. restore the selected checkpoint (``retrain/<tag>/checkpoints``, item ``best``);
 2. pack the effective tables (retrained values under the snapshot's mask) with
-   :mod:`cerp_jax.packing`, write ``packed/<tag>.cerp``; ``packed_bytes`` is that file's size;
-3. read the file back and check the tables are bit-identical, and that scoring from the packed tables
-   gives the same top-K for every evaluated user as the dense ones;
-4. evaluate on test (full ranking, or the config's seeded user sample; said in every output).
+   :mod:`cerp_jax.packing` in ``config.pack.value_dtype`` (float32 | float16 | int8: post-training
+   quantization of the float32 model), with the meta that makes the file self-describing (method,
+   id layout, d, value dtype, backbone), write ``packed/<tag>.cerp``; ``packed_bytes`` is that
+   file's size;
+3. read the file back and check the meta is equal and the tables are bit-identical to the tables
+   (float32) or to their quantize-then-dequantize values (float16, int8), and, for float32, that
+   scoring from the packed tables gives the same top-K for every evaluated user as the dense ones;
+4. evaluate the packed file's tables on test (full ranking, or the config's seeded user sample; said
+   in every output), and, for comparison, the float32 tables and the tables after each
+   post-training quantization of ``quantized`` (float16, int8 by default), with their packed bytes
+   and metric changes against float32.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
-from typing import Optional
+from typing import Optional, Sequence
 
 from absl import logging
 import jax
@@ -23,6 +31,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from cerp_jax import checkpoint as ckpt_lib
 from cerp_jax import data as data_lib
 from cerp_jax import embeddings as emb_lib
 from cerp_jax import evaluation
@@ -54,23 +63,73 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(fix(raw))
 
 
+def pack_value_dtype(config) -> str:
+  """``config.pack.value_dtype``; 'float32' for a workdir written before the field existed."""
+  return config.get("pack", {}).get("value_dtype", "float32")
+
+
+def dequantized(tables: dict, value_dtype: str) -> dict:
+  """``{name: [rows, cols] float32}``: each table as the packed file of ``value_dtype`` gives it
+  back (:func:`cerp_jax.packing.quantize` then decode; the tables themselves for float32)."""
+  if value_dtype == "float32":
+    return tables
+  return {k: packing.decode_table(packing.encode_table(np.asarray(t, np.float32), "dense",
+                                                       value_dtype))
+          for k, t in tables.items()}
+
+
+def _metrics(res: dict) -> dict:
+  return {k: v for k, v in res.items() if "@" in k and not k.endswith("_ci95")}
+
+
+def _quantized_row(packed_bytes: int, res: dict, float32: dict) -> dict:
+  """One entry of a row's ``quantized``: packed bytes, the metrics and ``delta_<metric>`` =
+  metric − the float32 tables' metric."""
+  m = _metrics(res)
+  return {"packed_bytes": int(packed_bytes), **m,
+          **{f"delta_{k}": v - float32[k] for k, v in m.items() if k in float32}}
+
+
 def _tree_bytes(tree) -> int:
   return int(sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(tree)))
 
 
 def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0,
-                     mesh_shape=None) -> dict:
+                     mesh_shape=None, allow_fallback: bool = False,
+                     reference: Optional[str] = None,
+                     quantized: Sequence[str] = ("float16", "int8"),
+                     value_dtype: Optional[str] = None) -> dict:
   """Runs steps 1–4 above for every finished budget; writes and returns ``eval.json``'s content.
 
   Scoring batches are split over the devices of the config's mesh (``mesh_shape`` overrides the
   training config's ``mesh_shape``; one that does not fit the devices here falls back to all of them
   on 'data', with a warning); in a multi-process run only process 0 writes files.
 
+  Each row's ``checkpoint`` says which retrain checkpoint it was evaluated from; ``fallback: true``
+  when the newest was unreadable or failed its digests and an older one was used (its metrics may
+  differ from result.json's). ``allow_fallback=False`` makes such a fallback an error, raised
+  after eval.json (which records it) is written. ``reference``: a finished full-table workdir
+  (``train.py --config=…:full``); each row then gets ``recall@20_kept``, its Recall@20 as a share
+  of the reference's test Recall@20 (:func:`reference_metrics`).
+
+  Each row's metrics (``recall@20`` …) are those of the packed file's tables, in
+  ``value_dtype`` (None: ``config.pack.value_dtype``); ``float32`` holds the float32 tables' metrics;
+  ``quantized`` maps each value dtype of ``quantized`` (post-training quantization of the same
+  float32 tables, packed in memory, read back and evaluated by the same Evaluator) to
+  ``{packed_bytes, <metric>…, delta_<metric>…}`` (delta = metric − float32's); ``()`` skips them.
+
   Raises:
-    FileNotFoundError / CheckpointError: not a workdir, or nothing finished to evaluate.
+    FileNotFoundError / CheckpointError: not a workdir, or nothing finished to evaluate; a budget was
+      evaluated from a fallback checkpoint and ``allow_fallback`` is False.
     AssertionError: packed tables do not round-trip or change the top-K (a packing bug).
+    ValueError: a value dtype of ``quantized`` or of ``config.pack`` that packing does not know.
   """
   config = load_workdir_config(workdir)
+  value_dtype = value_dtype or pack_value_dtype(config)
+  for dt in (value_dtype, *quantized):
+    if dt not in packing.VALUE_DTYPES:
+      raise ValueError(f"value dtype {dt!r}: expected one of {tuple(packing.VALUE_DTYPES)}")
+  ref = reference_metrics(reference) if reference else None  # checked before any work
   ec = config.eval
   data = data_lib.load_interactions(config)
   sample = ec.test_user_sample if user_sample < 0 else user_sample
@@ -90,6 +149,7 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0,
   staging = os.path.join(workdir, "packed.staging")
   final_dir = os.path.join(workdir, "packed")
   if shard_lib.is_primary():
+    recover_packed_swap(workdir)
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
   n, d = data.num_entities, config.model.dim
@@ -104,15 +164,18 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0,
         continue
       with open(result_path, encoding="utf-8") as f:
         train_result = json.load(f)
-      model, variables, _ = train_lib.restore_best(config, data, workdir, target, plan)
+      model, variables, restored = train_lib.restore_best(config, data, workdir, target, plan)
       tables = shard_lib.to_host(model.apply(variables, method=models.Recommender.tables))
-      blob, pack_report = packing.pack(tables)
+      meta = packing.PackedMeta.from_config(config, data.num_users, data.num_items, value_dtype)
+      blob, pack_report = packing.pack(tables, meta)
       path = os.path.join(staging, f"{tag}.cerp")
       primary = shard_lib.is_primary()
       packed_bytes = packing.write(path, blob) if primary else len(blob)
-      unpacked = packing.unpack(path if primary else blob)
+      unpacked, meta_back = packing.unpack(path if primary else blob, with_meta=True)
+      assert meta_back == meta, f"{path}: the meta does not round-trip"
+      expected = dequantized(tables, value_dtype)
       for k in tables:
-        assert np.array_equal(unpacked[k], tables[k]), f"{path}: table {k} does not round-trip"
+        assert np.array_equal(unpacked[k], expected[k]), f"{path}: table {k} does not round-trip"
       packed_vars = plan.put(_variables_from_tables(model, variables, unpacked))
       score_fn = train_lib.make_score_fn(model, data.num_users)
       vectors_fn = train_lib.make_vectors_fn(model)
@@ -121,7 +184,18 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0,
       packed = evaluator.evaluate(score_fn, (packed_vars, vectors_fn(packed_vars)), return_topk=True,
                                   progress=config.progress_bar)
       topk_match = bool(np.array_equal(dense["topk"], packed["topk"]))
-      assert topk_match, f"{tag}: top-K from the packed tables differs from the dense tables"
+      assert topk_match or value_dtype != "float32", (
+          f"{tag}: top-K from the packed tables differs from the dense tables")
+      float32 = _metrics(dense)
+      ptq = {}
+      for dt in quantized:
+        if dt == value_dtype:
+          ptq[dt] = _quantized_row(packed_bytes, packed, float32)
+          continue
+        q_blob, _ = packing.pack(tables, dataclasses.replace(meta, value_dtype=dt))
+        q_vars = plan.put(_variables_from_tables(model, variables, packing.unpack(q_blob)))
+        ptq[dt] = _quantized_row(len(q_blob), evaluator.evaluate(
+            score_fn, (q_vars, vectors_fn(q_vars)), progress=config.progress_bar), float32)
       nnz = pack_report["nonzeros"]
       backbone = shard_lib.to_host(variables["params"].get("backbone", {}))
       row = {
@@ -136,19 +210,21 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0,
                               for k, v in pack_report["tables"].items()},
           "full_table_bytes": full_bytes, "compression_ratio": full_bytes / packed_bytes,
           "backbone_bytes": _tree_bytes(backbone) + _tree_bytes(variables.get("batch_stats", {})),
-          "topk_match_packed_vs_dense": topk_match,
-          "best_epoch": train_result.get("best_epoch"),
+          "value_dtype": value_dtype, "topk_match_packed_vs_dense": topk_match,
+          "best_epoch": restored.get("best_epoch"),
+          "checkpoint": _checkpoint_record(restored, train_result),
           "snapshot_step": train_result.get("snapshot", {}).get("step"),
           "num_users_evaluated": dense["num_users_evaluated"],
           "num_users_total": dense["num_users_total"], "sampled": dense["sampled"],
           "eval_seconds": dense["seconds"],
       }
-      for k, v in dense.items():
+      for k, v in packed.items():
         if "@" in k:
           row[k] = v
+      row.update(float32=float32, quantized=ptq)
       rows.append(row)
       logging.info("%s: %d non-zeros, %d packed bytes (%.1fx smaller than the full table); test %s",
-                   tag, nnz, packed_bytes, row["compression_ratio"], evaluation.describe(dense))
+                   tag, nnz, packed_bytes, row["compression_ratio"], evaluation.describe(packed))
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)  # nothing half-written is left
     raise
@@ -161,15 +237,116 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0,
          "threshold_init": emb_lib.resolved_threshold_init(config),
          "paper_threshold_init": emb_lib.resolved_threshold_init(config) == -100.0,
          "selection": f"{ec.selection_split} {ec.selection_metric}", "results": rows}
+  if ref:
+    out["reference"] = ref
+    for r in rows:
+      r["recall@20_kept"] = r["recall@20"] / out["reference"]["recall@20"]
+  out["checkpoint_fallbacks"] = [r["target"] for r in rows if r["checkpoint"]["fallback"]]
+  out["fallback_allowed"] = allow_fallback
   if not shard_lib.is_primary():
-    return out
+    return _check_fallbacks(out, allow_fallback)
   tmp = os.path.join(workdir, "eval.json.tmp")
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(out, f, indent=2)
-  shutil.rmtree(final_dir, ignore_errors=True)
+  swap_packed(workdir, staging)
+  return _check_fallbacks(out, allow_fallback)
+
+
+def reference_metrics(workdir: str) -> dict:
+  """Test Recall/NDCG@20 of a finished full-table run: its eval.json if eval.py ran there, else
+  train.py's ``retrain/full/result.json``.
+
+  Raises:
+    FileNotFoundError: neither file exists (not a finished full-table workdir).
+  """
+  ev, res = (os.path.join(workdir, "eval.json"),
+             os.path.join(workdir, "retrain", train_lib.target_tag(None), "result.json"))
+  if os.path.exists(ev):
+    with open(ev, encoding="utf-8") as f:
+      row = json.load(f)["results"][0]
+  elif os.path.exists(res):
+    with open(res, encoding="utf-8") as f:
+      row = json.load(f)["test"]
+  else:
+    raise FileNotFoundError(f"--reference={workdir}: neither eval.json nor {res} exists (is it a "
+                            "finished full-table run?)")
+  return {"workdir": os.path.abspath(workdir), "recall@20": row["recall@20"],
+          "ndcg@20": row["ndcg@20"]}
+
+
+def _checkpoint_record(restored: dict, train_result: dict) -> dict:
+  """eval.json's ``checkpoint`` for one budget: the retrain checkpoint evaluated (``number`` of
+  ``newest``), ``fallback`` (an older one because the newer failed: ``skipped`` says why),
+  ``verified`` (digests checked; False for checkpoints written before digests), ``finished``
+  (that checkpoint's retraining had ended), its ``best_epoch`` and result.json's."""
+  info = restored["checkpoint"]
+  return {"directory": info["directory"], "number": info["checkpoint"], "newest": info["newest"],
+          "fallback": info["fallback"], "verified": info["verified"], "finished": info["finished"],
+          "skipped": info["skipped"], "best_epoch": restored.get("best_epoch"),
+          "result_json_best_epoch": train_result.get("best_epoch")}
+
+
+def _check_fallbacks(out: dict, allow_fallback: bool) -> dict:
+  """Returns ``out``; a budget evaluated from a fallback checkpoint is logged (allowed) or raised.
+
+  Raises:
+    CheckpointError: a fallback and not ``allow_fallback`` (one line, naming budget and checkpoints).
+  """
+  rows = [r for r in out["results"] if r["checkpoint"]["fallback"]]
+  if not rows:
+    return out
+  r = rows[0]
+  c = r["checkpoint"]
+  line = (f"{r['target']} was evaluated from checkpoint {c['number']} of {c['directory']}, not the "
+          f"newest ({c['newest']}: {c['skipped'][0]['reason']}); best epoch {c['best_epoch']} "
+          f"vs {c['result_json_best_epoch']} in result.json, so its metrics may differ from "
+          f"train.py's" + (f" ({len(rows) - 1} more budget(s) likewise)" if len(rows) > 1 else "")
+          + f"; recorded in {os.path.join(out['workdir'], 'eval.json')}")
+  if allow_fallback:
+    logging.warning("%s (allowed by --allow_fallback)", line)
+    return out
+  raise ckpt_lib.CheckpointError(f"{line}; pass --allow_fallback to accept it")
+
+
+def swap_packed(workdir: str, staging: str) -> None:
+  """Puts ``staging`` in place as ``workdir/packed`` and ``eval.json.tmp`` as ``eval.json``.
+
+  Renames only: ``packed`` → ``packed.old``, ``staging`` → ``packed``, ``eval.json.tmp`` →
+  ``eval.json``, then ``packed.old`` is removed. A kill at any point leaves the old or the new
+  ``packed/`` (or the old one as ``packed.old``), never neither; :func:`recover_packed_swap`, run at
+  the start of every evaluation, finishes or undoes an interrupted swap so that ``packed/`` and
+  ``eval.json`` match.
+  """
+  final_dir, old = os.path.join(workdir, "packed"), os.path.join(workdir, "packed.old")
+  if os.path.exists(final_dir):
+    os.replace(final_dir, old)
   os.replace(staging, final_dir)
-  os.replace(tmp, os.path.join(workdir, "eval.json"))
-  return out
+  os.replace(os.path.join(workdir, "eval.json.tmp"), os.path.join(workdir, "eval.json"))
+  shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_packed_swap(workdir: str) -> None:
+  """Completes or rolls back a :func:`swap_packed` that a kill interrupted.
+
+  ``packed.old`` without ``packed/``: the new files never arrived, so the old ones go back (and the
+  unpublished ``eval.json.tmp`` is dropped). ``packed.old`` beside ``packed/``: the new files are in
+  place, so a waiting ``eval.json.tmp`` (written before the swap began) is published and the old
+  files removed. Without ``packed.old`` nothing was interrupted and nothing changes.
+  """
+  final_dir, old = os.path.join(workdir, "packed"), os.path.join(workdir, "packed.old")
+  tmp = os.path.join(workdir, "eval.json.tmp")
+  if not os.path.exists(old):
+    return
+  if not os.path.exists(final_dir):
+    logging.warning("%s: an interrupted eval.py left the previous packed files aside; restored", old)
+    os.replace(old, final_dir)
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    return
+  logging.warning("%s: finishing an interrupted eval.py (new packed files were in place)", workdir)
+  if os.path.exists(tmp):
+    os.replace(tmp, os.path.join(workdir, "eval.json"))
+  shutil.rmtree(old, ignore_errors=True)
 
 
 def _variables_from_tables(model, variables, tables):
@@ -197,7 +374,8 @@ def _fmt_metric(row, k):
 
 
 def markdown_table(out: dict) -> str:
-  """eval.py's Markdown table: one row per budget."""
+  """eval.py's Markdown table: one row per budget (metrics of the packed file's tables), then one
+  row per budget × value dtype of post-training quantization against float32 (if evaluated)."""
   rows = out["results"]
   sampled = any(r.get("sampled") for r in rows)
   cerp = (f", b={out['bucket_size']}, thresholds init {out['threshold_init']:g}"
@@ -208,27 +386,60 @@ def markdown_table(out: dict) -> str:
                f"SEEDED SAMPLE of {rows[0]['num_users_evaluated']} of {rows[0]['num_users_total']} "
                "users (± = 95 % CI)" if sampled else
                f"full ranking of all {rows[0]['num_users_evaluated']} test users"), "",
-           "| target | non-zeros | sparsity | packed bytes | layout | ratio vs full | Recall@20 | "
-           "NDCG@20 | Recall@50 | NDCG@50 |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+           "| target | non-zeros | sparsity | values | packed bytes | layout | ratio vs full | "
+           "Recall@20 | NDCG@20 | Recall@50 | NDCG@50 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
   for r in rows:
     layouts = ",".join(sorted(set(r["packed_layouts"].values())))
     lines.append(f"| {r['target']} | {r['nonzeros']:,} | {r['sparsity']:.4f} | "
+                 f"{r.get('value_dtype', 'float32')} | "
                  f"{r['packed_bytes']:,} | {layouts} | {r['compression_ratio']:.1f}x | "
                  f"{_fmt_metric(r, 'recall@20')} | {_fmt_metric(r, 'ndcg@20')} | "
                  f"{_fmt_metric(r, 'recall@50')} | {_fmt_metric(r, 'ndcg@50')} |")
+  lines += _quantized_lines(rows)
   lines.append(f"\nfull float32 table: {rows[0]['full_table_bytes']:,} bytes")
+  if "reference" in out:
+    ref = out["reference"]
+    lines.append(f"reference (full table, {ref['workdir']}): test Recall@20 {ref['recall@20']:.4f}; "
+                 "kept: " + ", ".join(f"{r['target']} {r['recall@20_kept']:.1%}" for r in rows))
+  for r in rows:
+    c = r.get("checkpoint", {})
+    if c.get("fallback"):
+      lines.append(f"{r['target']}: evaluated from FALLBACK checkpoint {c['number']} (newest "
+                   f"{c['newest']} {c['skipped'][0]['reason']}); metrics may differ from train.py's")
   return "\n".join(lines)
+
+
+def _quantized_lines(rows) -> list:
+  """The post-training quantization table (packed bytes, Recall/NDCG@20 and their change against
+  the float32 tables), or nothing when no row has ``quantized``."""
+  if not any(r.get("quantized") for r in rows):
+    return []
+  lines = ["", "Post-training quantization of the same float32 tables (Δ = change against float32):",
+           "", "| target | values | packed bytes | Recall@20 | ΔRecall@20 | NDCG@20 | ΔNDCG@20 |",
+           "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    f32 = r.get("float32") or {}
+    if "recall@20" in f32:
+      f32_bytes = (r["packed_bytes"] if r.get("value_dtype", "float32") == "float32" else None)
+      lines.append(f"| {r['target']} | float32 | {'–' if f32_bytes is None else f'{f32_bytes:,}'} "
+                   f"| {f32['recall@20']:.4f} | – | {f32['ndcg@20']:.4f} | – |")
+    for dt, q in (r.get("quantized") or {}).items():
+      lines.append(f"| {r['target']} | {dt} | {q['packed_bytes']:,} | {q['recall@20']:.4f} | "
+                   f"{q['delta_recall@20']:+.4f} | {q['ndcg@20']:.4f} | {q['delta_ndcg@20']:+.4f} |")
+  return lines
 
 
 def training_table(results: dict) -> str:
   """train.py's closing table: one row per retrained budget (test metrics of the selection)."""
-  lines = ["| run | best epoch | test Recall@20 | test NDCG@20 | users | train s |",
-           "|---|---|---|---|---|---|"]
+  lines = ["| run | best epoch | test Recall@20 | test NDCG@20 | users | stage 1 s | train s |",
+           "|---|---|---|---|---|---|---|"]
   for tag, r in results.items():
     t = r["test"]
     who = (f"{t['num_users_evaluated']}/{t['num_users_total']} sampled" if t.get("sampled") else
            f"all {t['num_users_evaluated']}")
+    s1 = r.get("stage1_seconds")
     lines.append(f"| {tag} | {r['best_epoch']} | {_fmt_metric(t, 'recall@20')} | "
-                 f"{_fmt_metric(t, 'ndcg@20')} | {who} | {r['train_seconds']:.0f} |")
+                 f"{_fmt_metric(t, 'ndcg@20')} | {who} | {'–' if s1 is None else f'{s1:.0f}'} | "
+                 f"{r['train_seconds']:.0f} |")
   return "\n".join(lines)

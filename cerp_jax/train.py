@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from tqdm import tqdm
+import tensorboardX
 
 from cerp_jax import checkpoint as ckpt_lib
 from cerp_jax import data as data_lib
@@ -41,7 +41,10 @@ from cerp_jax import evaluation
 from cerp_jax import graph as graph_lib
 from cerp_jax import losses
 from cerp_jax import models
+from cerp_jax import packing
+from cerp_jax import progress as progress_lib
 from cerp_jax import pruning
+from cerp_jax import runlock
 from cerp_jax import sampler as sampler_lib
 from cerp_jax import sharding as shard_lib
 
@@ -59,7 +62,7 @@ class TrainState:
   batch_stats: Any
   masks: Any
   opt_state: Any
-  rng: jax.Array
+  rng: jax.Array  # key data; step t's dropout key is fold_in(rng, t)
   prune: Optional[pruning.PruneState]
 
 
@@ -206,7 +209,9 @@ def train_step(state: TrainState, batch: dict, epoch: jax.Array, consts: dict, *
     if sc.prune and sc.gk_ramp_steps > 0:
       variables[emb_lib.SCHEDULE] = {"embedding": {"gk": threshold_multiplier(state.step,
                                                                               sc.gk_ramp_steps)}}
-    kwargs = dict(train=True, group_mask=gmask)
+    # Dropout's stream (MLP with mlp_dropout > 0): a key per step, so a resumed run draws the same.
+    dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    kwargs = dict(train=True, group_mask=gmask, rngs={"dropout": dropout_key})
     if has_bs:
       (scores, u, it, tables), upd = model.apply(variables, users, items, mutable=["batch_stats"],
                                                  **kwargs)
@@ -247,7 +252,9 @@ def make_block_fn(model, tx, sc: StepConfig, plan: Optional[shard_lib.ShardingPl
   steps leave the state untouched (``lax.cond``). The input state is donated. With a ``plan`` the
   block's groups stay split along the mesh's 'data' axis and the new state keeps the plan's
   shardings (so it feeds the next call without resharding or recompiling); GSPMD inserts the
-  gradient all-reduce.
+  gradient all-reduce. Besides the per-step metrics ``[steps_per_block]``,
+  ``metrics['params_finite']`` is a scalar bool: every parameter and batch statistic is finite
+  after the block (one reduction per block, for :func:`check_finite`).
   """
   step = functools.partial(train_step, model=model, tx=tx, sc=sc)
 
@@ -270,9 +277,17 @@ def make_block_fn(model, tx, sc: StepConfig, plan: Optional[shard_lib.ShardingPl
     new, metrics = jax.lax.scan(lambda s, b: body(s, b, epoch, consts), state, blk)
     if plan is not None:
       new = plan.constrain(new)
+    metrics["params_finite"] = _all_finite((new.params, new.batch_stats))
     return new, metrics
 
   return jax.jit(block, donate_argnums=(0,))
+
+
+def _all_finite(tree) -> jax.Array:
+  """Scalar bool: no NaN/Inf in any float leaf of ``tree``."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.ones((), bool)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -281,10 +296,18 @@ def make_block_fn(model, tx, sc: StepConfig, plan: Optional[shard_lib.ShardingPl
 
 
 class MetricWriter:
-  """Appends JSON lines to ``workdir/metrics.jsonl`` and mirrors a summary to the log."""
+  """Appends JSON lines to ``workdir/metrics.jsonl`` and the same scalars to TensorBoard.
+
+  TensorBoard event files (tensorboardX, no TensorFlow) go to ``workdir/tensorboard/<run>``, one run
+  per stage and target (``prune``, ``retrain_sparsity_0.5000``, ``test_…``), each numeric field a
+  scalar at the record's ``step`` (else its ``epoch``); '@' becomes '_' in the tag
+  (``valid/recall_20``), as TensorBoard's tag alphabet has no '@'. Process 0 only.
+  """
 
   def __init__(self, workdir: str):
     self.path = os.path.join(workdir, "metrics.jsonl")
+    self.tb_dir = os.path.join(workdir, "tensorboard")
+    self._tb = {}
 
   def write(self, record: dict):
     if not shard_lib.is_primary():
@@ -293,6 +316,25 @@ class MetricWriter:
            for k, v in record.items()}
     with open(self.path, "a", encoding="utf-8") as f:
       f.write(json.dumps(rec, sort_keys=True) + "\n")
+    self._scalars(rec)
+
+  def _scalars(self, rec: dict):
+    step = rec.get("step", rec.get("epoch"))
+    scalars = {k: v for k, v in rec.items() if k not in ("step", "epoch") and
+               isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if step is None or not scalars:
+      return
+    run = "_".join(str(rec[k]) for k in ("stage", "target") if rec.get(k))
+    if run not in self._tb:
+      self._tb[run] = tensorboardX.SummaryWriter(os.path.join(self.tb_dir, run or "run"))
+    for k, v in scalars.items():
+      self._tb[run].add_scalar(k.replace("@", "_"), v, int(step))
+    self._tb[run].flush()
+
+  def close(self):
+    for w in self._tb.values():
+      w.close()
+    self._tb = {}
 
 
 def _to_host(tree):
@@ -352,7 +394,7 @@ def _accumulate(acc: dict, m: dict):
   act = np.asarray(m["active"])
   acc["steps"] = acc.get("steps", 0) + int(act.sum())
   for k, v in m.items():
-    if k in ("active", "nonzeros"):
+    if k in ("active", "nonzeros", "params_finite"):
       continue
     acc[k] = acc.get(k, 0.0) + float(np.asarray(v)[act].sum())
   if "nonzeros" in m and act.any():
@@ -364,6 +406,70 @@ def _epoch_record(acc: dict) -> dict:
   rec = {f"train/{k}": acc[k] / n for k in ("bpr_loss", "reg_loss", "l2_loss", "loss") if k in acc}
   rec["train/steps"] = acc.get("steps", 0)
   return rec
+
+
+class NonFiniteError(RuntimeError):
+  """A training loss or parameter became NaN/Inf; nothing after the last good checkpoint saved."""
+
+
+def _nonfinite(m: dict, before: int, state: TrainState) -> Optional[tuple]:
+  """``(step, description)`` of a block's first non-finite loss, else of non-finite parameters
+  after its last step; None when the block is finite."""
+  act = np.asarray(m["active"])
+  bad = np.nonzero(act & ~np.isfinite(np.asarray(m["loss"])))[0]
+  if bad.size:
+    parts = ", ".join(f"{k} {float(np.asarray(m[k])[bad[0]]):.4g}"
+                      for k in ("bpr_loss", "l2_loss", "reg_loss") if k in m)
+    step = before + int(act[:bad[0]].sum())
+    return step, f"non-finite loss at step {step} ({parts})"
+  if bool(m["params_finite"]):
+    return None
+  leaves = [n for n, a in ckpt_lib.host_leaves({"params": state.params,
+                                                "batch_stats": state.batch_stats})
+            if np.issubdtype(a.dtype, np.inexact) and not np.isfinite(a).all()]
+  more = f" (and {len(leaves) - 1} more)" if len(leaves) > 1 else ""
+  step = int(state.step) - 1
+  return step, (f"non-finite parameter {leaves[0] if leaves else '?'}{more} after step {step} "
+                f"(losses of steps {before}–{step} finite)")
+
+
+def check_finite(m: dict, before: int, state: TrainState, where: str, store, writer) -> None:
+  """Stops training at a block with a non-finite loss or parameter (checked once per block, on
+  host, before anything of the block is recorded or saved).
+
+  Args:
+    m: the block's metrics on host (``loss``, ``active`` per step; ``params_finite`` scalar).
+    before: ``state.step`` before the block (the number of its first active step).
+    state: the state after the block (read only on failure, to name the non-finite leaves).
+    where: ``'prune'`` or ``'retrain sparsity_0.5000'``, for the message.
+    store: the stage's :class:`CheckpointStore` (names the last good checkpoint).
+    writer: the :class:`MetricWriter`; a ``"event": "non_finite"`` record is written first.
+
+  Raises:
+    NonFiniteError: naming the step (the first active step whose loss is NaN/Inf, else the block's
+      last step and the non-finite leaves) and the last good checkpoint.
+  """
+  found = _nonfinite(m, before, state)
+  if found is None:
+    return
+  step, what = found
+  good = (f"last good checkpoint {store.last_good} in {store.directory}" if store.last_good
+          else f"no checkpoint saved yet in {store.directory}")
+  writer.write({"stage": where.split()[0], "event": "non_finite", "step": step, "where": where,
+                "what": what, "last_good_checkpoint": store.last_good})
+  raise NonFiniteError(f"{where}: {what}; stopped, nothing saved after it ({good})")
+
+
+def record_restore(store, writer, stage: str, **extra) -> None:
+  """Writes a ``"event": "checkpoint_fallback"`` record to metrics.jsonl when ``store``'s last
+  restore skipped damaged checkpoints (newest, restored, why each was skipped, and where they were
+  moved: ``<checkpoints>.damaged/<n>``, so training continues after the good one)."""
+  info = store.last_restore
+  if info and info["fallback"]:
+    moved = store.quarantine_skipped() if shard_lib.is_primary() else []
+    writer.write({"stage": stage, **extra, "event": "checkpoint_fallback",
+                  "directory": info["directory"], "newest": info["newest"],
+                  "restored": info["checkpoint"], "skipped": info["skipped"], "moved_to": moved})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -413,6 +519,7 @@ def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
     logging.info("prune: resumed from %s at step %d (epoch %d, block %d)", store.directory,
                  int(state.step), meta["epoch"], meta["block"])
   writer = MetricWriter(workdir)
+  record_restore(store, writer, "prune")
   if int(state.step) > 0:  # records after this marker continue from the checkpoint
     writer.write({"stage": "prune", "event": "resumed", "step": int(state.step),
                   "epoch": meta["epoch"]})
@@ -429,8 +536,10 @@ def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
 
   t_start = time.perf_counter() - meta["seconds"]
   last_save = int(state.step)
-  bar = tqdm(total=pc.max_epochs * steps_per_epoch, initial=int(state.step), desc="prune",
-             unit="step", dynamic_ncols=True, mininterval=2.0, disable=None if config.progress_bar else True)
+  # Progress: entries pruned toward the last (smallest) budget; stage 1 ends when it is met.
+  nnz0 = int(meta["acc"].get("nonzeros", num_entries)) if meta.get("acc") else num_entries
+  bar = progress_lib.Progress("prune", num_entries - int(budgets[-1]), num_entries - nnz0,
+                              int(state.step), unit="entries", bar=config.progress_bar)
   epoch = meta["epoch"]
   while not meta["done"] and epoch < pc.max_epochs:
     blocks, _ = _epoch_blocks(sampler, epoch, groups, pc.steps_per_block)
@@ -440,11 +549,11 @@ def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
       before = int(state.step)
       state, m = block_fn(state, plan.put_batch(_block(blocks, bi)), jnp.int32(epoch), consts)
       m = _to_host(m)
+      check_finite(m, before, state, "prune", store, writer)
       _accumulate(acc, m)
-      bar.update(int(state.step) - before)
-      if "nonzeros" in acc:
-        bar.set_postfix(nnz=acc["nonzeros"], sparsity=f"{1 - acc['nonzeros'] / num_entries:.4f}",
-                        refresh=False)
+      nnz = acc.get("nonzeros", num_entries)
+      bar.update(num_entries - nnz, int(state.step), nonzeros=f"{nnz:,}",
+                 sparsity=f"{1 - nnz / num_entries:.4f}")
       done = bool(state.prune.done)
       meta.update(epoch=epoch, block=bi + 1, acc=acc, done=done,
                   seconds=time.perf_counter() - t_start, step=int(state.step),
@@ -459,7 +568,8 @@ def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
     rec = {"stage": "prune", "epoch": epoch, "step": int(state.step),
            "gamma": pc.gamma_init * pc.gamma_decay ** epoch, "prune/nonzeros": nnz,
            "prune/sparsity": 1 - nnz / num_entries, "prune/budgets_reached": int(
-               np.sum(np.asarray(state.prune.reached))), **_epoch_record(acc)}
+               np.sum(np.asarray(state.prune.reached))), **_epoch_record(acc),
+           "train/steps_per_s": bar.steps_per_s()}
     writer.write(rec)
     logging.info("prune epoch %d step %d: bpr %.4f reg %.1f (γ=%.4g) nonzeros %d sparsity %.4f, "
                  "budgets reached %d/%d", epoch, int(state.step), rec.get("train/bpr_loss", 0),
@@ -492,6 +602,7 @@ def prune_stage(config, data: data_lib.Interactions, workdir: str) -> dict:
                       pc.max_epochs)
   _json_dump(os.path.join(workdir, "prune", "summary.json"), summary)
   store.close()
+  writer.close()
   return summary
 
 
@@ -545,6 +656,15 @@ def load_prune_results(config, data, workdir):
 
 def _selection_improved(value, best):
   return best is None or value > best
+
+
+def _horizon(meta: dict, epochs_done: int, config) -> int:
+  """Epochs stage 2 runs if validation does not improve again: early stopping's horizon."""
+  if meta["done"]:
+    return epochs_done
+  ec = config.eval
+  return min(config.retrain.max_epochs,
+             epochs_done + (ec.patience - meta["bad_evals"]) * ec.every_epochs)
 
 
 def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Optional[float],
@@ -611,11 +731,11 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
   meta = {"epoch": 0, "block": 0, "done": False, "acc": {}, "seconds": 0.0, "history": [],
           "best_value": None, "best_epoch": None, "bad_evals": 0}
   best = None
-  if store.latest() is not None:
-    has_best = store.restore_meta().get("best_epoch") is not None
-    state, meta, best = store.restore(state, best_like if has_best else None)
+  if store.latest() is not None:  # best: None in a checkpoint saved before the first evaluation
+    state, meta, best = store.restore(state, best_like)
     logging.info("retrain %s: resumed at epoch %d block %d", tag, meta["epoch"], meta["block"])
   writer = MetricWriter(workdir)
+  record_restore(store, writer, "retrain", target=tag)
   if store.latest() is not None:
     writer.write({"stage": "retrain", "target": tag, "event": "resumed", "step": int(state.step),
                   "epoch": meta["epoch"]})
@@ -625,10 +745,9 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
                rc.num_negatives, sel_split, metric, ec.every_epochs, ec.patience, rc.max_epochs)
   t_start = time.perf_counter() - meta["seconds"]
   last_save = int(state.step)
-  bar = tqdm(total=rc.max_epochs * steps_per_epoch, initial=int(state.step),
-             desc=f"retrain {tag}", unit="step", dynamic_ncols=True, mininterval=2.0,
-             disable=None if config.progress_bar else True)
   epoch = meta["epoch"]
+  bar = progress_lib.Progress(f"retrain {tag}", _horizon(meta, epoch, config) * steps_per_epoch,
+                              int(state.step), int(state.step), bar=config.progress_bar)
   train_seconds = meta.get("train_seconds", 0.0)
   while not meta["done"]:
     blocks, _ = _epoch_blocks(sampler, epoch, groups, rc.steps_per_block)
@@ -637,8 +756,10 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
     for bi in range(meta["block"], blocks["users"].shape[0]):
       before = int(state.step)
       state, m = block_fn(state, plan.put_batch(_block(blocks, bi)), jnp.int32(epoch), consts)
-      _accumulate(acc, _to_host(m))
-      bar.update(int(state.step) - before)
+      m = _to_host(m)
+      check_finite(m, before, state, f"retrain {tag}", store, writer)
+      _accumulate(acc, m)
+      bar.update(int(state.step), int(state.step), epoch=epoch)
       meta.update(block=bi + 1, acc=acc, seconds=time.perf_counter() - t_start)
       if int(state.step) - last_save >= config.checkpoint_every_steps:
         meta["train_seconds"] = train_seconds + time.perf_counter() - t_epoch
@@ -671,10 +792,12 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
     else:
       logging.info("retrain %s epoch %d: bpr %.4f l2 %.4g", tag, epoch, rec.get("train/bpr_loss", 0),
                    rec.get("train/l2_loss", 0))
+    rec["train/steps_per_s"] = bar.steps_per_s()
     writer.write(rec)
     epoch += 1
     meta.update(epoch=epoch, block=0, acc={}, seconds=time.perf_counter() - t_start,
                 train_seconds=train_seconds)
+    bar.set_total(_horizon(meta, epoch, config) * steps_per_epoch)
     store.save(state, meta, best)
     last_save = int(state.step)
   bar.close()
@@ -704,6 +827,7 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
   _json_dump(os.path.join(out_dir, "result.json"), result)
   writer.write({"stage": "test", "target": tag, "best_epoch": meta["best_epoch"],
                 **{f"test/{k}": v for k, v in result["test"].items() if "@" in k}})
+  writer.close()
   logging.info("retrain %s: test %s (best epoch %d)", tag, evaluation.describe(test_res),
                meta["best_epoch"])
   return result
@@ -711,13 +835,16 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
 
 def restore_best(config, data, workdir: str, target: Optional[float],
                  plan: Optional[shard_lib.ShardingPlan] = None):
-  """(model, variables) of the selected checkpoint of one retrain run, for eval.py.
+  """(model, variables, meta) of the selected checkpoint of one retrain run, for eval.py.
 
   The variables are placed on ``plan``'s mesh (default: the config's), whatever device count wrote
-  the checkpoint.
+  the checkpoint. The newest checkpoint that reads and verifies is used; ``meta['checkpoint']`` says
+  which (:attr:`CheckpointStore.last_restore` plus ``finished``: that checkpoint's run had ended),
+  so a caller can tell a fallback to an older checkpoint from the run's final one.
 
   Raises:
-    CheckpointError: the run is missing or unfinished.
+    CheckpointError: the run is missing or unfinished, no checkpoint verifies, or the restored one
+      holds no selected parameters yet.
   """
   rc = config.retrain
   tag = target_tag(target)
@@ -735,12 +862,17 @@ def restore_best(config, data, workdir: str, target: Optional[float],
   store = ckpt_lib.CheckpointStore(os.path.join(workdir, "retrain", tag, "checkpoints"))
   if store.latest() is None:
     raise ckpt_lib.CheckpointError(f"{store.directory}: no checkpoint; run train.py first")
-  meta = store.restore_meta()
-  if not meta.get("done"):
-    raise ckpt_lib.CheckpointError(f"{store.directory}: retraining of {tag} has not finished; "
-                                   "rerun train.py to resume it")
   state, meta, best = store.restore(like, plan.put({"params": params, "batch_stats": batch_stats}))
   store.close()
+  info = store.last_restore
+  if not meta.get("done") and not info["fallback"]:
+    raise ckpt_lib.CheckpointError(f"{store.directory}: retraining of {tag} has not finished; "
+                                   "rerun train.py to resume it")
+  if best is None:
+    raise ckpt_lib.CheckpointError(
+        f"{store.directory}: checkpoint {info['checkpoint']} holds no selected parameters (saved "
+        "before the first evaluation)" + (f"; {info['message']}" if info["fallback"] else ""))
+  meta["checkpoint"] = {**info, "finished": bool(meta.get("done"))}
   return model, _variables(best["params"], best["batch_stats"], state.masks,
                            plan.put(model_consts(config, data))), meta
 
@@ -754,7 +886,9 @@ _RESUME_IGNORED = ("stage", "progress_bar", "checkpoint_every_steps",
                    "prune_workdir",
                    # devices: a run resumes on any mesh / device count (sharding.py)
                    "mesh_shape", "mesh_axes", "shard_embedding_rows_min", "distributed",
-                   "coordinator_address", "num_processes", "process_id")
+                   "coordinator_address", "num_processes", "process_id",
+                   # eval-time packing (post-training quantization): training does not read it
+                   "pack")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -813,6 +947,7 @@ _CHOICES = {
     "data.loader": ("text", "tfds"),
     "eval.selection_split": ("valid", "test"),
     "eval.report": ("best", "per_metric_max"),
+    "pack.value_dtype": tuple(packing.VALUE_DTYPES),
 }
 _POSITIVE = ("model.dim", "model.bucket_size", "prune.groups_per_step", "prune.num_negatives",
              "prune.steps_per_block", "prune.max_epochs", "retrain.groups_per_step",
@@ -885,6 +1020,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f"{os.path.join(prune_dir, 'prune')}: no finished stage 1; run with --config.stage=prune "
         "(or all) first")
   os.makedirs(workdir, exist_ok=True)
+  with runlock.hold(workdir, shard_lib.is_primary()):
+    return _run_stages(config, data, workdir, prune_dir)
+
+
+def _run_stages(config, data: data_lib.Interactions, workdir: str, prune_dir: str) -> dict:
+  """The stages of :func:`train_and_evaluate` in a checked, locked ``workdir``."""
   _check_workdir_config(config, workdir)
   logging.info("devices: %s; %s", jax.devices(),
                shard_lib.ShardingPlan.from_config(config).describe())
@@ -903,6 +1044,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         logging.warning("retrain: skipping target %.4f (not reached in stage 1)", s)
         continue
       results[target_tag(s)] = retrain_stage(config, data, workdir, s, ps, summary)
+      results[target_tag(s)]["stage1_seconds"] = summary.get("seconds")
     if not results:
       raise NoTargetReachedError(
           f"stage 1 reached none of the targets {sorted(config.target_sparsities)} within "
