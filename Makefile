@@ -8,7 +8,7 @@ CONFIG ?= configs/gowalla_mf.py
 PYTEST_ARGS ?=
 BENCH_ARGS ?=  # e.g. --p3_workdir=runs/gowalla_mlp_parity_p3 (P3 from a measured stage 1)
 
-.PHONY: install train eval test test-fast bench clean-venv
+.PHONY: install train eval test test-all bench clean-venv
 
 # The pins first (requirements.txt, with the build backend), then cerp_jax itself from pyproject.toml,
 # editable and without resolving again: `import cerp_jax` works from any directory.
@@ -28,11 +28,11 @@ train: $(VENV)/.installed
 eval: $(VENV)/.installed
 	$(PY) eval.py --workdir=$(WORKDIR)
 
-test: $(VENV)/.installed
-	$(PY) -m pytest -q tests $(PYTEST_ARGS)
-
-test-fast: $(VENV)/.installed
+test: $(VENV)/.installed  # what CI runs: every test but the heavy real-data runs (-m slow)
 	$(PY) -m pytest -q tests -m "not slow" $(PYTEST_ARGS)
+
+test-all: $(VENV)/.installed  # everything, the slow real-data runs included
+	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed  # the benchmark suite (figures vs targets; see benchmarks/run.py)
 	$(PY) benchmarks/run.py $(BENCH_ARGS)

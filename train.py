@@ -5,7 +5,7 @@
   python train.py --config=configs/gowalla_mf.py:full --workdir=runs/gowalla_mf_full
 
 Rerunning the same command resumes from the checkpoints in --workdir. The same command runs on one
-device, several GPUs or a TPU slice (README, Scaling out); with --config.distributed=True (or
+device, several GPUs or a TPU slice (docs/scaling_out.md); with --config.distributed=True (or
 $CERP_DISTRIBUTED=1) every process of a multi-host run starts it, and process 0 writes the files.
 """
 

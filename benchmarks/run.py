@@ -47,7 +47,7 @@ flags.DEFINE_integer("reps", 5, "Timed repetitions (blocks) per training figure,
 flags.DEFINE_integer("p3_steps", 710_000, "Stage-1 steps to the 0.5-sparsity snapshot for P3's "
                      "estimate: the faithful MLP run (and the original code, run on this machine) "
                      "reach 0.16 at ~103k steps and 0.27 at 227k, gaining ~0.02 per 41.5k-step "
-                     "epoch after that, so ~710k (README, Faithful vs fast). The issue's ~100k for "
+                     "epoch after that, so ~710k (docs/results/faithful_vs_fast.md, Faithful vs fast). The issue's ~100k for "
                      "the original did not reproduce.")
 flags.DEFINE_string("p3_workdir", "", "A train.py workdir whose stage 1 (MLP backbone, paper "
                     "settings) reached the 0.5 target: P3 is then its measured wall time.")

@@ -6,7 +6,7 @@ Restores a stage-1 checkpoint (default: the newest readable one) of a CERP or PE
 pruned table T with thresholds S_T: the fraction of entries alive (|v| > σ(s), spec §2), and over the
 alive entries the median |v|, the median σ(s), the median margin |v| − σ(s), and the fraction with
 |v| > 0.5. Coupled weight decay can raise σ(s) only towards σ(0) = 0.5 (it pulls s to 0, never past
-it), so entries above 0.5 can be pruned only through the loss gradient. Used for the README's account
+it), so entries above 0.5 can be pruned only through the loss gradient. Used for docs/results/faithful_vs_fast.md's account
 of why the NCF-MLP stage 1 slows after onset. ``--json`` writes the figures.
 
 Exits with status 1 and a message naming the directory when there is no stage-1 checkpoint there

@@ -1,6 +1,6 @@
 """cerp_jax: CERP embedding compression for recommenders, in JAX/Flax.
 
-The public API, for plugging CERP into your own Flax model and training loop (README, "Install / use
+The public API, for plugging CERP into your own Flax model and training loop (docs/library.md, "Install / use
 as a library"; ``examples/custom_loop.py``):
 
 * embeddings (one interface: ``__call__(ids)``, ``embed_all()``, ``tables()``,

@@ -30,7 +30,7 @@ What is composed when, and what it holds (U users, I items, N = U + I, d, nnz st
 
 An ``[I, out_dim]`` cache of composed item vectors is not offered: it would be a dense table of
 I·d·4 bytes (Gowalla: 21 MB, ≈ 40× the packed file at 0.5 sparsity), and the row-score
-factorisation above is already faster than a product with it (README, "Recommend from the packed
+factorisation above is already faster than a product with it (docs/packing.md, "Recommend from the packed
 file", measures both).
 
 Scores equal the dense scorer's (``cerp_jax.models.MF.score_matrix`` on the composed vectors) up
@@ -480,7 +480,7 @@ def _check_servable(meta: packing.PackedMeta, source: str) -> None:
         f"{source}: backbone 'lightgcn' scores vectors propagated over the training graph, "
         "mean(E, AE, ..., A^L E), and the file holds only the layer-0 tables: serving needs the "
         f"training interactions and one propagation of all N = {n:,} vectors ([N, {d}] float32, "
-        f"{n * d * 4 / 2 ** 20:.1f} MiB; README, 'Recommend from the packed file'), which this "
+        f"{n * d * 4 / 2 ** 20:.1f} MiB; docs/packing.md), which this "
         "server does not do")
   if meta.backbone not in DOT_BACKBONES:
     raise ServingError(f"{source}: backbone {meta.backbone!r} is not one of {DOT_BACKBONES}")

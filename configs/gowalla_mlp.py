@@ -28,7 +28,7 @@ def get_config(arg: str = ""):
   c.eval.user_sample = 500
   c.eval.test_user_sample = 500
   if "fast" in (arg or "").split(","):
-    # The :fast init alone stalls near 0.2 sparsity on this backbone (README, Faithful vs fast):
+    # The :fast init alone stalls near 0.2 sparsity on this backbone (docs/results/faithful_vs_fast.md, Faithful vs fast):
     # (1) once the loss reaches a threshold, Adam normalises its coupled decay wd·s by a loss
     #     gradient ~25× larger, so s rises only ≈ lr·wd·|s|/rms(grad) per step: a 100× decay on
     #     the thresholds only (every other parameter keeps 1e-5) restores the rise;

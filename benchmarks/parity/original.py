@@ -3,7 +3,7 @@
 Nothing of the original is stored in this repository. :func:`prepare` copies a local checkout's
 ``CERP/`` and ``CERP-LightGCN/code/`` (not their data) into a scratch folder and applies
 :data:`PATCHES` there; each patch is a compatibility or logging change, never a change of the
-algorithm (README, Parity with the original code).
+algorithm (docs/parity.md).
 """
 
 from __future__ import annotations
