@@ -90,6 +90,14 @@ def _quantized_row(packed_bytes: int, res: dict, float32: dict) -> dict:
           **{f"delta_{k}": v - float32[k] for k, v in m.items() if k in float32}}
 
 
+def _quantize_and_evaluate(tables: dict, meta: packing.PackedMeta, evaluate_tables,
+                           float32: dict) -> dict:
+  """Packs ``tables`` with ``meta`` (its value dtype) in memory, reads the file back and evaluates
+  the dequantized tables with ``evaluate_tables(tables) -> metrics``; :func:`_quantized_row`."""
+  blob, _ = packing.pack(tables, meta)
+  return _quantized_row(len(blob), evaluate_tables(packing.unpack(blob)), float32)
+
+
 def _tree_bytes(tree) -> int:
   return int(sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(tree)))
 
@@ -113,7 +121,8 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0,
   of the reference's test Recall@20 (:func:`reference_metrics`).
 
   Each row's metrics (``recall@20`` …) are those of the packed file's tables, in
-  ``value_dtype`` (None: ``config.pack.value_dtype``); ``float32`` holds the float32 tables' metrics;
+  ``value_dtype`` (None: ``config.pack.value_dtype``); ``float32`` holds the float32 tables' metrics
+  and packed bytes;
   ``quantized`` maps each value dtype of ``quantized`` (post-training quantization of the same
   float32 tables, packed in memory, read back and evaluated by the same Evaluator) to
   ``{packed_bytes, <metric>…, delta_<metric>…}`` (delta = metric − float32's); ``()`` skips them.
@@ -187,15 +196,17 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0,
       assert topk_match or value_dtype != "float32", (
           f"{tag}: top-K from the packed tables differs from the dense tables")
       float32 = _metrics(dense)
-      ptq = {}
-      for dt in quantized:
-        if dt == value_dtype:
-          ptq[dt] = _quantized_row(packed_bytes, packed, float32)
-          continue
-        q_blob, _ = packing.pack(tables, dataclasses.replace(meta, value_dtype=dt))
-        q_vars = plan.put(_variables_from_tables(model, variables, packing.unpack(q_blob)))
-        ptq[dt] = _quantized_row(len(q_blob), evaluator.evaluate(
-            score_fn, (q_vars, vectors_fn(q_vars)), progress=config.progress_bar), float32)
+      f32_bytes = packed_bytes if value_dtype == "float32" else len(
+          packing.pack(tables, dataclasses.replace(meta, value_dtype="float32"))[0])
+
+      def evaluate_tables(unpacked_tables):
+        v = plan.put(_variables_from_tables(model, variables, unpacked_tables))
+        return evaluator.evaluate(score_fn, (v, vectors_fn(v)), progress=config.progress_bar)
+
+      ptq = {dt: (_quantized_row(packed_bytes, packed, float32) if dt == value_dtype else
+                  _quantize_and_evaluate(tables, dataclasses.replace(meta, value_dtype=dt),
+                                         evaluate_tables, float32))
+             for dt in quantized}
       nnz = pack_report["nonzeros"]
       backbone = shard_lib.to_host(variables["params"].get("backbone", {}))
       row = {
@@ -221,7 +232,7 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0,
       for k, v in packed.items():
         if "@" in k:
           row[k] = v
-      row.update(float32=float32, quantized=ptq)
+      row.update(float32={"packed_bytes": f32_bytes, **float32}, quantized=ptq)
       rows.append(row)
       logging.info("%s: %d non-zeros, %d packed bytes (%.1fx smaller than the full table); test %s",
                    tag, nnz, packed_bytes, row["compression_ratio"], evaluation.describe(packed))
@@ -421,12 +432,12 @@ def _quantized_lines(rows) -> list:
   for r in rows:
     f32 = r.get("float32") or {}
     if "recall@20" in f32:
-      f32_bytes = (r["packed_bytes"] if r.get("value_dtype", "float32") == "float32" else None)
+      f32_bytes = f32.get("packed_bytes")
       lines.append(f"| {r['target']} | float32 | {'–' if f32_bytes is None else f'{f32_bytes:,}'} "
                    f"| {f32['recall@20']:.4f} | – | {f32['ndcg@20']:.4f} | – |")
     for dt, q in (r.get("quantized") or {}).items():
       lines.append(f"| {r['target']} | {dt} | {q['packed_bytes']:,} | {q['recall@20']:.4f} | "
-                   f"{q['delta_recall@20']:+.4f} | {q['ndcg@20']:.4f} | {q['delta_ndcg@20']:+.4f} |")
+                   f"{q['delta_recall@20']:+.5f} | {q['ndcg@20']:.4f} | {q['delta_ndcg@20']:+.5f} |")
   return lines
 
 

@@ -1,7 +1,9 @@
 """Memory–accuracy frontier: every method at every byte budget, equal protocol, one command.
 
 ``python sweep.py --config=configs/sweep_gowalla_mf.py --workdir=DIR`` runs, for each method of
-``config.sweep.methods`` and each budget fraction of ``config.sweep.budgets`` (of the full float32
+``config.sweep.methods`` (method specs ``<method>[@<value dtype>]``, e.g. ``full@int8``: sized for
+and packed in that value dtype after float32 training, :func:`cerp_jax.budget.parse_method`) and each
+budget fraction of ``config.sweep.budgets`` (of the full float32
 ``[N, d_ref]`` table), the settings :mod:`cerp_jax.budget` solves for, through the same path as
 ``train.py`` + ``eval.py``: :func:`cerp_jax.train.train_and_evaluate` (stage 1 for pruned methods,
 then retraining / training with early stopping on validation) and
@@ -24,6 +26,7 @@ Workdir::
   runs.csv                    one row per run
   results.csv, results.md     one row per (method, budget): bytes, Recall@20, NDCG@20, train time
   frontier.png                Recall@20 and NDCG@20 against packed bytes (log x), one line per method
+                              spec (method + value dtype)
 
 Rerunning the same command skips finished runs and resumes unfinished ones from their checkpoints.
 """
@@ -50,13 +53,14 @@ from cerp_jax import evaluation
 from cerp_jax import report
 from cerp_jax import train as train_lib
 
-# Fixed per-method protocol on top of the solver's sizing (documented in the README).
+# Fixed per-method protocol on top of the solver's sizing (documented in docs/frontier.md).
 METHOD_PROTOCOL = {
     "pep": {"prune.gamma_init": 0.0},  # PEP has no regularizer; thresholds rise by the coupled decay
 }
 METHOD_LABELS = {"full": "full table (smaller d)", "qr": "QR", "hash": "hashing", "pep": "PEP",
                  "cerp": "CERP"}
 HEADLINE = ("recall@20", "ndcg@20")
+LINESTYLES = {"float32": "-", "float16": ":", "int8": "--"}  # frontier.png, per value dtype
 
 
 # --------------------------------------------------------------------------------------------------
@@ -71,18 +75,33 @@ def validate_sweep_config(config) -> None:
     ValueError: unknown methods, empty or out-of-range budgets, seeds or learning rates.
   """
   sc = config.sweep
-  unknown = [m for m in sc.methods if m not in budget_lib.METHODS]
-  if unknown or not sc.methods:
-    raise ValueError(f"config.sweep.methods={tuple(sc.methods)}: expected a non-empty subset of "
-                     f"{budget_lib.METHODS}")
+  unknown = [m for m in sc.methods if not _is_spec(m)]
+  if unknown or not sc.methods or len(set(sc.methods)) != len(sc.methods):
+    raise ValueError(f"config.sweep.methods={tuple(sc.methods)}: expected distinct method specs "
+                     f"<method>[@<value dtype>], method in {budget_lib.METHODS}, value dtype in "
+                     f"{budget_lib.VALUE_DTYPES} (e.g. 'full@int8')")
   if not sc.budgets or any(not 0 < f <= 1 for f in sc.budgets) or len(set(sc.budgets)) != len(
       sc.budgets):
     raise ValueError(f"config.sweep.budgets={tuple(sc.budgets)}: expected distinct fractions in (0, 1]")
   if not sc.seeds or not sc.lrs or any(lr <= 0 for lr in sc.lrs):
     raise ValueError("config.sweep.seeds and config.sweep.lrs must be non-empty (lrs > 0)")
   for m in sc.methods:
-    for k in METHOD_PROTOCOL.get(m, {}):
+    for k in METHOD_PROTOCOL.get(budget_lib.parse_method(m)[0], {}):
       _get(config, k)
+
+
+def _is_spec(spec) -> bool:
+  try:
+    budget_lib.parse_method(spec)
+  except ValueError:
+    return False
+  return True
+
+
+def label(method: str, value_dtype: str = "float32") -> str:
+  """A method's name in tables and plots, with its value dtype: 'full table (smaller d), int8'."""
+  name = METHOD_LABELS.get(method, method)
+  return name if value_dtype == "float32" else f"{name}, {value_dtype}"
 
 
 def plan(config, num_entities: int) -> list[budget_lib.Setting]:
@@ -133,9 +152,10 @@ def run_config(config, setting: budget_lib.Setting, seed: int, lr: float) -> ml_
 
 
 def run_name(setting: budget_lib.Setting, seed: int, lr: float) -> str:
-  """Folder name of one run, e.g. ``cerp_b0.0250_seed3407_lr0.001`` (``full_reference_…``)."""
+  """Folder name of one run, e.g. ``cerp_b0.0250_seed3407_lr0.001`` (``full_reference_…``;
+  ``full@int8_b0.1000_…`` for a value dtype other than float32)."""
   tag = "reference" if setting.reference else f"b{setting.budget_fraction:.4f}"
-  return f"{setting.method}_{tag}_seed{seed}_lr{lr:g}"
+  return f"{setting.spec}_{tag}_seed{seed}_lr{lr:g}"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,7 +187,8 @@ def _json_default(o):
 
 def stage1_key(setting: budget_lib.Setting) -> str:
   """What a pruned setting's stage 1 depends on besides its target: method and sizing overrides."""
-  rest = {k: v for k, v in setting.overrides.items() if k != "target_sparsities"}
+  rest = {k: v for k, v in setting.overrides.items()
+          if k not in ("target_sparsities", "pack.value_dtype")}  # stage 1 packs nothing
   return json.dumps({"method": setting.method, **rest}, sort_keys=True, default=str)
 
 
@@ -324,7 +345,8 @@ def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: 
   except train_lib.NoTargetReachedError as e:  # recorded as 'not_reached'; the sweep goes on
     logging.warning("sweep: %s: %s", name, e)
     results = {}
-  rec = {"name": name, "method": setting.method, "budget_fraction": setting.budget_fraction,
+  rec = {"name": name, "method": setting.method, "value_dtype": setting.value_dtype,
+         "budget_fraction": setting.budget_fraction,
          "budget_bytes": setting.budget_bytes, "reference": setting.reference, "seed": int(seed),
          "lr": float(lr), "setting": want, "summary": setting.summary}
   prune_seconds = 0.0
@@ -356,6 +378,7 @@ def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: 
       train_seconds=prune_seconds + float(train_result["train_seconds"]),
       wall_seconds=time.perf_counter() - t0 + shared_s,
       num_users_evaluated=row["num_users_evaluated"], sampled=row["sampled"],
+      float32=row.get("float32"), quantized=row.get("quantized"),
       **{k: v for k, v in row.items() if "@" in k})
   level = logging.INFO if rec["within_window"] else logging.WARNING
   logging.log(level, "sweep: %s: %s packed bytes = %.2f%% of the budget%s; test recall@20 %.4f "
@@ -387,20 +410,21 @@ def most_popular(config, data: data_lib.Interactions, workdir: str) -> dict:
 
 
 def aggregate(records: Sequence[dict], metric_keys: Sequence[str]) -> list[dict]:
-  """One row per (method, budget): the learning rate with the best mean validation selection value
+  """One row per (method, value dtype, budget): the learning rate with the best mean validation selection value
   over seeds, then means (and standard deviations) over its seeds.
 
   Returns:
-    rows with ``method, budget_fraction, budget_bytes, reference, setting, lr, seeds, num_seeds,
+    rows with ``method, value_dtype, budget_fraction, budget_bytes, reference, setting, lr, seeds, num_seeds,
     packed_bytes`` (max over seeds), ``packed_bytes_min``, ``fill`` (max), ``within_window`` (all
     seeds), ``nonzeros`` (mean), each metric's mean and ``<metric>_std``, ``valid_selection``,
     ``train_seconds`` (mean), ``status``.
   """
   groups: dict = {}
   for r in records:
-    groups.setdefault((r["method"], r["budget_fraction"], r["reference"]), []).append(r)
+    key = (r["method"], r.get("value_dtype", "float32"), r["budget_fraction"], r["reference"])
+    groups.setdefault(key, []).append(r)
   rows = []
-  for (method, frac, ref), recs in groups.items():
+  for (method, value_dtype, frac, ref), recs in groups.items():
     by_lr: dict = {}
     for r in recs:
       by_lr.setdefault(r["lr"], []).append(r)
@@ -411,7 +435,7 @@ def aggregate(records: Sequence[dict], metric_keys: Sequence[str]) -> list[dict]
 
     lr, chosen = max(sorted(by_lr.items()), key=lr_score)
     ok = [r for r in chosen if r["status"] == "ok"]
-    row = {"method": method, "budget_fraction": frac, "budget_bytes": chosen[0]["budget_bytes"],
+    row = {"method": method, "value_dtype": value_dtype, "budget_fraction": frac, "budget_bytes": chosen[0]["budget_bytes"],
            "reference": ref, "setting": chosen[0]["summary"], "lr": lr,
            "seeds": " ".join(str(r["seed"]) for r in chosen), "num_seeds": len(chosen),
            "status": "ok" if len(ok) == len(chosen) else
@@ -436,7 +460,9 @@ def aggregate(records: Sequence[dict], metric_keys: Sequence[str]) -> list[dict]
         row[k] = row[k + "_std"] = None
     rows.append(row)
   order = {m: i for i, m in enumerate(budget_lib.METHODS)}
-  rows.sort(key=lambda r: (r["reference"], order.get(r["method"], 99), r["budget_fraction"]))
+  dtypes = {d: i for i, d in enumerate(budget_lib.VALUE_DTYPES)}
+  rows.sort(key=lambda r: (r["reference"], order.get(r["method"], 99), dtypes[r["value_dtype"]],
+                           r["budget_fraction"]))
   return rows
 
 
@@ -451,11 +477,11 @@ def write_csv(path: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
   os.replace(tmp, path)
 
 
-RESULT_COLUMNS = ("method", "budget_fraction", "budget_bytes", "reference", "setting", "lr", "seeds",
+RESULT_COLUMNS = ("method", "value_dtype", "budget_fraction", "budget_bytes", "reference", "setting", "lr", "seeds",
                   "num_seeds", "packed_bytes", "packed_bytes_min", "fill", "within_window",
                   "nonzeros", "recall@20", "recall@20_std", "ndcg@20", "ndcg@20_std", "recall@50",
                   "ndcg@50", "valid_selection", "train_seconds", "status")
-RUN_COLUMNS = ("name", "method", "budget_fraction", "budget_bytes", "reference", "seed", "lr",
+RUN_COLUMNS = ("name", "method", "value_dtype", "budget_fraction", "budget_bytes", "reference", "seed", "lr",
                "summary", "status", "packed_bytes", "fill", "within_window", "nonzeros",
                "recall@20", "ndcg@20", "recall@50", "ndcg@50", "valid_selection", "best_epoch",
                "epochs", "prune_seconds", "retrain_seconds", "train_seconds", "wall_seconds")
@@ -496,6 +522,9 @@ def markdown(rows: Sequence[dict], config, num_entities: int, pop: Optional[dict
       f"CERP and PEP add stage 1 (pruning) before their lottery-ticket retraining. Test metrics of "
       f"the selected checkpoint" + (" (± = std over seeds)." if len(sc.seeds) > 1 else "."),
       "Train time = stage 1 + training steps of stage 2 (evaluations excluded), mean over seeds.",
+      "A method with a value dtype (e.g. 'full table (smaller d), int8' = `full@int8`) is sized for "
+      "tables packed in that dtype and trained in float32; its file is packed in that dtype after "
+      "training (post-training quantization) and its metrics are those of the packed tables.",
       "", "| method | budget | setting | packed bytes | of budget | Recall@20 | NDCG@20 | train time |",
       "|---|---|---|---|---|---|---|---|"]
   for r in rows:
@@ -504,7 +533,7 @@ def markdown(rows: Sequence[dict], config, num_entities: int, pop: Optional[dict
         "" if r["within_window"] else " ⚠ outside window")
     bytes_ = "–" if r.get("packed_bytes") is None else f"{r['packed_bytes']:,}"
     status = "" if r["status"] == "ok" else f" ({r['status']})"
-    lines.append(f"| {METHOD_LABELS.get(r['method'], r['method'])} | {budget} | {r['setting']}"
+    lines.append(f"| {label(r['method'], r.get('value_dtype', 'float32'))} | {budget} | {r['setting']}"
                  f"{status} | {bytes_} | {share} | {_metric_cell(r, 'recall@20')} | "
                  f"{_metric_cell(r, 'ndcg@20')} | {_seconds(r.get('train_seconds'))} |")
   if pop:
@@ -515,13 +544,14 @@ def markdown(rows: Sequence[dict], config, num_entities: int, pop: Optional[dict
     lines += ["", f"## {title} by method × budget", "",
               "| method | " + " | ".join(f"{b:.1%}" for b in budgets) + " |",
               "|---|" + "---|" * len(budgets)]
-    for m in sc.methods:
+    for spec in sc.methods:
+      m, vdt = budget_lib.parse_method(spec)
       cells = []
       for b in budgets:
-        r = next((r for r in rows if r["method"] == m and r["budget_fraction"] == b and
-                  not r["reference"]), None)
+        r = next((r for r in rows if (r["method"], r.get("value_dtype", "float32")) == (m, vdt) and
+                  r["budget_fraction"] == b and not r["reference"]), None)
         cells.append("–" if r is None else _fmt(r.get(k)))
-      lines.append(f"| {METHOD_LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+      lines.append(f"| {label(m, vdt)} | " + " | ".join(cells) + " |")
   ref = next((r for r in rows if r["reference"]), None)
   if ref is not None and ref.get("recall@20") is not None:
     lines += ["", f"Full table d={sc.reference_dim} (reference, {ref['packed_bytes']:,} bytes): "
@@ -531,7 +561,8 @@ def markdown(rows: Sequence[dict], config, num_entities: int, pop: Optional[dict
 
 def plot_frontier(path: str, rows: Sequence[dict], config, pop: Optional[dict],
                   num_entities: int) -> None:
-  """frontier.png: Recall@20 and NDCG@20 against packed bytes (log x), one line per method, a star
+  """frontier.png: Recall@20 and NDCG@20 against packed bytes (log x), one line per method spec
+  (method + value dtype: float16 dotted, int8 dashed, same marker as the method), a star
   for the full table at d_ref, a dashed line for the most-popular ranking."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -540,13 +571,15 @@ def plot_frontier(path: str, rows: Sequence[dict], config, pop: Optional[dict],
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
   markers = {"full": "s", "qr": "^", "hash": "v", "pep": "D", "cerp": "o"}
   for ax, (k, title) in zip(axes, (("recall@20", "Recall@20"), ("ndcg@20", "NDCG@20"))):
-    for m in config.sweep.methods:
+    for spec in config.sweep.methods:
+      m, vdt = budget_lib.parse_method(spec)
       pts = sorted((r["packed_bytes"], r[k], r.get(k + "_std") or 0.0) for r in rows
-                   if r["method"] == m and not r["reference"] and r.get(k) is not None)
+                   if (r["method"], r.get("value_dtype", "float32")) == (m, vdt)
+                   and not r["reference"] and r.get(k) is not None)
       if pts:
         x, y, e = map(np.asarray, zip(*pts))
         ax.errorbar(x, y, yerr=e if e.any() else None, marker=markers.get(m, "o"), capsize=3,
-                    label=METHOD_LABELS.get(m, m))
+                    linestyle=LINESTYLES[vdt], label=label(m, vdt))
     ref = next((r for r in rows if r["reference"] and r.get(k) is not None), None)
     if ref is not None:
       ax.plot([ref["packed_bytes"]], [ref[k]], marker="*", markersize=15, color="black",

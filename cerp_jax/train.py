@@ -84,7 +84,7 @@ def threshold_multiplier(step: jax.Array, gk_ramp_steps: int) -> jax.Array:
 
   The original scales every soft threshold by a constant ``gk = 1`` (spec §2), and coupled decay
   pulls ``s`` towards 0, so the threshold ``gk·σ(s)`` never passes 0.5. A linear ramp lifts that
-  ceiling, which the NCF-MLP's stage 1 needs: its surviving entries grow past 0.5 (README, Faithful
+  ceiling, which the NCF-MLP's stage 1 needs: its surviving entries grow past 0.5 (docs/results/faithful_vs_fast.md, Faithful
   vs fast).
   """
   if gk_ramp_steps <= 0:
@@ -102,7 +102,7 @@ def make_optimizer(oc: ml_collections.ConfigDict) -> optax.GradientTransformatio
   ``threshold_weight_decay`` (stage 1 only; < 0 or absent: the same ``weight_decay``, as the
   original) gives the thresholds ``S_*`` their own coupled coefficient. Once the loss reaches a
   threshold, Adam normalises the decay term ``wd·s`` by the loss gradient's RMS, so the threshold
-  rises only ≈ ``lr·wd·|s|/rms`` per step; a larger coefficient restores the rise (README, Faithful
+  rises only ≈ ``lr·wd·|s|/rms`` per step; a larger coefficient restores the rise (docs/results/faithful_vs_fast.md, Faithful
   vs fast).
   """
   parts = []

@@ -23,7 +23,7 @@ def get_config(arg: str = ""):
   c.prune_workdir = ""            # stage=retrain only: retrain from this workdir's finished stage 1
                                  # (its data/model/prune/sampling/seed/targets must match).
 
-  # Devices (README, Scaling out; cerp_jax/sharding.py). A run resumes on any of these settings.
+  # Devices (docs/scaling_out.md; cerp_jax/sharding.py). A run resumes on any of these settings.
   c.mesh_axes = ("data",)        # | ('data', 'model').
   c.mesh_shape = ()              # sizes per axis; () = every device on 'data'; one -1 = the rest.
   c.shard_embedding_rows_min = 100_000  # embedding leaves with ≥ this many rows: split on 'model'.
@@ -111,6 +111,9 @@ def get_config(arg: str = ""):
   c.eval.eval_at_epoch_zero = False  # parity: evaluate after epochs 0, 5, 10, …
   c.eval.patience = 5            # evaluations without improvement before stopping.
   c.eval.report = "best"         # 'best' checkpoint | 'per_metric_max' (original).
+
+  c.pack = ml_collections.ConfigDict()  # eval.py's packed file (an eval-time option: not resumed on)
+  c.pack.value_dtype = "float32"  # 'float32' | 'float16' | 'int8' (symmetric per-row scales); PTQ.
 
   for a in [a for a in (arg or "").split(",") if a]:
     if a == "parity":

@@ -21,7 +21,9 @@ def sweep_settings(c, budgets=(0.025, 0.05, 0.1), reference_dim=128, seeds=(3407
                    lrs=(1e-3,)):
   """Adds the ``sweep`` block to a train config (fields commented)."""
   c.sweep = ml_collections.ConfigDict()
-  c.sweep.methods = ("full", "qr", "hash", "pep", "cerp")  # cerp_jax.budget.METHODS
+  # method specs <method>[@<value dtype>] (cerp_jax.budget.parse_method): 'full@int8' is sized for
+  # int8 packed tables, trained in float32, packed int8 after training
+  c.sweep.methods = ("full", "qr", "hash", "pep", "cerp")
   c.sweep.budgets = tuple(budgets)     # fractions of the full float32 [N, reference_dim] table
   c.sweep.reference_dim = reference_dim  # d_ref: the full table's width, and d of QR/hash/PEP/CERP
   c.sweep.reference = True             # also train the full table at d_ref (the plot's marker)

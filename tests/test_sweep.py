@@ -236,3 +236,31 @@ def test_new_lr_reuses_the_finished_shared_stage1(swept, sweep_config, monkeypat
   assert len([d for d in os.listdir(os.path.join(workdir, "runs"))
               if d.startswith("pep_stage1_")]) == 1
   assert {r["lr"] for r in out["records"]} == {5e-3, sweep_config.sweep.lrs[0]}
+
+
+def test_int8_method_sized_trained_float32_and_packed_int8(sweep_config, tmp_path):
+  """``full@int8``: solved for int8 bytes (wider d), trained in float32, packed int8 after training;
+  eval.json has the float32 metrics and each quantization's change; results name the dtype."""
+  c = sweep_config.copy_and_resolve_references()
+  c.sweep.methods, c.sweep.budgets, c.sweep.reference = ("full@int8",), (0.2,), False
+  out = S.run_sweep(c, str(tmp_path))
+  (rec,) = out["records"]
+  assert rec["name"].startswith("full@int8_b0.2000_") and rec["value_dtype"] == "int8"
+  want = budget_lib.solve("full@int8", 0.2, 320, 32)
+  assert want.overrides["model.dim"] > budget_lib.solve("full", 0.2, 320, 32).overrides["model.dim"]
+  assert rec["packed_bytes"] == want.predicted_bytes and rec["within_window"]
+  rdir = tmp_path / "runs" / rec["name"]
+  assert json.loads((rdir / "config.json").read_text())["pack"]["value_dtype"] == "int8"
+  (row,) = json.loads((rdir / "eval.json").read_text())["results"]
+  assert row["value_dtype"] == "int8" and set(row["quantized"]) == {"float16", "int8"}
+  q = row["quantized"]["int8"]
+  assert q["packed_bytes"] == row["packed_bytes"] and q["recall@20"] == row["recall@20"]
+  assert q["delta_recall@20"] == pytest.approx(row["recall@20"] - row["float32"]["recall@20"])
+  assert row["float32"]["packed_bytes"] > row["quantized"]["float16"]["packed_bytes"] > \
+      row["packed_bytes"]
+  (res,) = _csv(tmp_path / "results.csv")
+  assert (res["method"], res["value_dtype"]) == ("full", "int8")
+  md = (tmp_path / "results.md").read_text()
+  assert "full table (smaller d), int8" in md
+  assert "Post-training quantization" in report.markdown_table(
+      json.loads((rdir / "eval.json").read_text()))

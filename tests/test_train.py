@@ -307,6 +307,22 @@ def test_workdir_from_before_an_added_field_still_resumes(test_config, tmp_path)
     T._check_workdir_config(c, str(wd))  # pylint: disable=protected-access
 
 
+def test_pack_value_dtype_is_eval_time_and_checked(test_config, tmp_path):
+  """``pack`` (eval-time packing) neither blocks a resume, with or without the field in an older
+  config.json, nor passes a value dtype the packer does not know."""
+  wd = tmp_path / "w"
+  wd.mkdir()
+  old = json.loads(test_config.to_json_best_effort())
+  del old["pack"]
+  (wd / "config.json").write_text(json.dumps(old))
+  c = test_config.copy_and_resolve_references()
+  c.pack.value_dtype = "int8"
+  T._check_workdir_config(c, str(wd))  # pylint: disable=protected-access
+  c.pack.value_dtype = "int4"
+  with pytest.raises(ValueError, match="config.pack.value_dtype='int4'"):
+    T.validate_config(c)
+
+
 def test_threshold_multiplier_ramp():
   assert float(T.threshold_multiplier(jnp.int32(7), 0)) == 1.0
   np.testing.assert_allclose(float(T.threshold_multiplier(jnp.int32(0), 100)), 1.0)
