@@ -12,6 +12,8 @@ $CERP_DISTRIBUTED=1 (and $JAX_COORDINATOR_ADDRESS, $CERP_NUM_PROCESSES, $CERP_PR
 cannot detect the cluster); process 0 writes the files.
 """
 
+import os
+
 from absl import app
 from absl import flags
 from absl import logging
@@ -19,6 +21,7 @@ import jax
 
 from cerp_jax import logs
 from cerp_jax import report
+from cerp_jax import runlock
 from cerp_jax import sharding as shard_lib
 
 FLAGS = flags.FLAGS
@@ -41,6 +44,14 @@ flags.DEFINE_list("quantized", ["float16", "int8"], "Value dtypes of post-traini
 flags.mark_flags_as_required(["workdir"])
 
 
+def _evaluate_locked(workdir: str, **kwargs) -> dict:
+  """report.evaluate_workdir under the workdir's lock (no train.py or eval.py beside it)."""
+  if not os.path.isdir(workdir):  # evaluate_workdir names what is missing
+    return report.evaluate_workdir(workdir, **kwargs)
+  with runlock.hold(workdir, shard_lib.is_primary()):
+    return report.evaluate_workdir(workdir, **kwargs)
+
+
 def main(argv):
   if len(argv) > 1:
     logs.cli_error(f"unexpected arguments {argv[1:]} (flags are --name=value)")
@@ -50,7 +61,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   logging.info("local devices: %s", jax.local_devices())
   mesh_shape = tuple(int(s) for s in FLAGS.mesh_shape.split(",")) if FLAGS.mesh_shape else None
-  out = logs.run_cli(report.evaluate_workdir, FLAGS.workdir, user_sample=FLAGS.user_sample,
+  out = logs.run_cli(_evaluate_locked, FLAGS.workdir, user_sample=FLAGS.user_sample,
                      batch_size=FLAGS.batch_size, mesh_shape=mesh_shape,
                      allow_fallback=FLAGS.allow_fallback, reference=FLAGS.reference,
                      quantized=tuple(FLAGS.quantized), value_dtype=FLAGS.value_dtype)

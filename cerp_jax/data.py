@@ -136,6 +136,9 @@ def read_lightgcn_file(path: os.PathLike | str) -> Pairs:
         bad = next(t for t in tokens if not _is_int(t))
         _raise_if_not_utf8(path, lineno, bad)
         raise DataError(f"{path}:{lineno}: non-integer token {bad!r}") from None
+      except OverflowError:
+        bad = next(t for t in tokens if abs(int(t)) > np.iinfo(np.int64).max)
+        raise DataError(f"{path}:{lineno}: id {bad} is beyond any id count (int64)") from None
       if (ids < 0).any():
         bad = int(ids[ids < 0][0])
         raise DataError(f"{path}:{lineno}: negative id {bad}")
@@ -182,6 +185,8 @@ def read_movielens_100k(path: os.PathLike | str) -> Pairs:
       for name, v in (("user", u), ("item", i)):
         if v < 1:
           raise DataError(f"{path}:{lineno}: {name} id {v} < 1 (u.data ids are 1-based)")
+        if v > np.iinfo(np.int64).max:
+          raise DataError(f"{path}:{lineno}: {name} id {v} is beyond any id count (int64)")
       users.append(u - 1)
       items.append(i - 1)
       lines.append(lineno)

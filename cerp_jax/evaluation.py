@@ -235,7 +235,8 @@ class Evaluator:
       pool, results = None, map(one, self._batches)
     if progress:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-      results = tqdm(results, total=len(self._batches), desc=f"eval/{self.split}", leave=False)
+      results = tqdm(results, total=len(self._batches), desc=f"eval/{self.split}", leave=False,
+                     disable=None)  # None: no bar unless stderr is a terminal
     try:
       for m, top in results:
         for k, v in m.items():

@@ -436,6 +436,8 @@ def _quantized_lines(rows) -> list:
       lines.append(f"| {r['target']} | float32 | {'–' if f32_bytes is None else f'{f32_bytes:,}'} "
                    f"| {f32['recall@20']:.4f} | – | {f32['ndcg@20']:.4f} | – |")
     for dt, q in (r.get("quantized") or {}).items():
+      if "recall@20" not in q:  # eval.ks without 20: eval.json holds the Ks there are
+        continue
       lines.append(f"| {r['target']} | {dt} | {q['packed_bytes']:,} | {q['recall@20']:.4f} | "
                    f"{q['delta_recall@20']:+.5f} | {q['ndcg@20']:.4f} | {q['delta_ndcg@20']:+.5f} |")
   return lines

@@ -972,6 +972,12 @@ def validate_config(config, num_items: Optional[int] = None):
   for key in _POSITIVE:
     if key in flat and not (isinstance(flat[key], (int, float)) and flat[key] > 0):
       raise ValueError(f"config.{key}={flat[key]!r}: expected a positive number")
+  for key, value in flat.items():
+    if isinstance(value, float) and not np.isfinite(value):
+      raise ValueError(f"config.{key}={value!r}: expected a finite number")
+  for key in ("prune.lr", "retrain.lr"):
+    if key in flat and not flat[key] > 0:
+      raise ValueError(f"config.{key}={flat[key]!r}: expected a positive learning rate")
   ks = tuple(config.eval.ks)
   if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
     raise ValueError(f"config.eval.ks={ks!r}: expected positive integers")

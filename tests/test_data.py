@@ -203,3 +203,10 @@ def test_ml100k_messages_show_file_lines_and_1_based_ids(tmp_path, caplog):
   with caplog.at_level(py_logging.WARNING):
     D.load_interactions(_config(tmp_path, format="ml100k"))
   assert "u.data:6: duplicate (user 2, item 2)" in caplog.text
+
+
+def test_id_beyond_int64_is_one_error_line(tmp_path):
+  """An id too long for int64 is refused naming file:line (not an OverflowError traceback)."""
+  (tmp_path / "train.txt").write_text("0 1 2\n7 1 2 99999999999999999999\n")
+  with pytest.raises(D.DataError, match=r"train.txt:2: id 99999999999999999999 is beyond"):
+    D.read_lightgcn_file(str(tmp_path / "train.txt"))

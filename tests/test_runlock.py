@@ -119,3 +119,26 @@ def test_mlp_dropout_draws_a_mask_per_step(test_config):
   assert at0 == at0_again and at0 != at1
   no0, no1 = _first_step_losses(test_config, data, 0.0, (0, 1))
   assert no0 == no1  # without dropout the step number changes nothing here
+
+
+def test_eval_on_a_workdir_in_use_is_refused(tmp_path):
+  """eval.py takes the same lock: beside a running train.py it exits 2 naming the holder."""
+  holder = _start_holder(tmp_path)
+  try:
+    r = subprocess.run([sys.executable, str(REPO / "eval.py"), f"--workdir={tmp_path}"],
+                       capture_output=True, text=True, timeout=300, cwd=REPO)
+  finally:
+    holder.kill()
+    holder.wait()
+  errors = [l for l in r.stderr.splitlines() if l.startswith("error:")]
+  assert r.returncode == 2 and len(errors) == 1 and f"pid {holder.pid}" in errors[0], r.stderr
+
+
+@pytest.mark.parametrize("field,value", [("model.threshold_init", float("nan")),
+                                         ("prune.lr", float("inf")), ("retrain.lr", -1.0),
+                                         ("prune.lr", 0.0)])
+def test_non_finite_or_non_positive_values_are_refused(test_config, field, value):
+  section, name = field.split(".")
+  setattr(test_config[section], name, value)
+  with pytest.raises(ValueError, match=f"config.{field}="):
+    T.validate_config(test_config)

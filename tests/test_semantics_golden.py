@@ -6,7 +6,7 @@ Float rounding differs between instruction sets (AVX-512 vs AVX2 kernels in XLA)
 last-bit difference in a near-zero gradient into an O(lr) difference of the update, so two CPUs'
 trajectories agree to ~1e-5 for a few dozen steps and then drift apart (measured: the MLP's
 per-step loss first differs by > 1e-5 at step 26, > 1e-4 at step 35; non-zero counts first differ
-at step 43). Hence two windows:
+at step 43; with a 1e-7 perturbation on top, > 1e-4 at step 18). Hence two windows:
 
 * the first ``TIGHT_STEPS`` steps: losses within ``TIGHT_RTOL``, non-zero counts and every snapshot
   taken in the window exact. Any change of the loss, the regularizer, the soft-threshold rule, the
@@ -42,7 +42,8 @@ from cerp_jax import train as T
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "prune_semantics.json"
 BUDGET_SPARSITIES = (0.2, 0.25, 0.3)
-TIGHT_STEPS = 24     # cross-CPU loss drift ≤ 2.5e-5 over these steps (measured, all backbones).
+TIGHT_STEPS = 12     # drift over these steps ≤ 1e-5 across CPUs; ≤ 4.4e-5 over 16 steps with AVX2
+                     # kernels and the 1e-7 perturbation together (measured, MLP: the worst case).
 TIGHT_RTOL = 1e-4
 LOOSE_RTOL = 0.15    # measured cross-CPU drift by step 192: ≤ 8.4 % (MLP); γ's halving moves ≥ 25 %.
 LOOSE_NNZ = 4        # of 256 entries; measured cross-CPU difference ≤ 1.
