@@ -116,12 +116,9 @@ def _real_folder():
 def test_real_dataset_matches_text_loader(tmp_path):
   folder = _real_folder()
   want = data.load_lightgcn(folder, "ml1m_m1")
-  start = time.perf_counter()
   got = tfds_builder.load_pairs(folder, "ml1m_m1", tmp_path / "tfds")
-  elapsed = time.perf_counter() - start
   _assert_same(got, want)
   assert got[0].users.size == 796_244 and got[1].users.size == 99_455
-  assert elapsed < 30, f"prepare + load took {elapsed:.1f} s"
   builder = tfds_builder.prepare(folder, "ml1m_m1", tmp_path / "tfds")
   for split, pairs in zip(("train", "test"), got[:2]):  # one example per non-blank line
     assert builder.info.splits[split].num_examples == np.unique(pairs.lines).size
