@@ -6,8 +6,10 @@ uniform over all items, distinct within a group, rejecting the user's training p
 Epochs (DECISIONS.md, Epoch):
   * ``'positives'`` (default): every training positive once, shuffled.
   * ``'parity'``: the original's epoch: ``nnz(train)`` user-uniform draws (users without training items
-    skipped), one uniform positive each, de-duplicated on (user, positive) keeping first-seen order and
-    the last draw's negatives (a Python dict's behaviour), no shuffling.
+    skipped), one uniform positive each, no shuffling. With K negatives per group the draws are
+    de-duplicated on (user, positive), keeping first-seen order and the last draw's negatives (the
+    NCF/MF code's dict); with ``triples_per_positive > 1`` every draw is kept, duplicates included
+    (the LightGCN code trains on its list of triples, not on the dict).
 Modes: ``'resample'`` draws a new epoch sample per epoch; ``'fixed'`` draws once (epoch 0) and reuses
 it every epoch, as the original does.
 
@@ -120,13 +122,14 @@ class BPRSampler:
       pick = (rng.random(len(draws)) * self._counts[draws]).astype(np.int64)
       all_pos = self.train.indices[self.train.indptr[draws] + pick].astype(np.int64)
       all_neg = self.negatives(rng, draws)
-      keys = draws * self.num_items + all_pos
-      # dict semantics: first-seen order of keys, values from the last draw of each key.
-      uniq, first = np.unique(keys, return_index=True)
-      last = len(keys) - 1 - np.unique(keys[::-1], return_index=True)[1]
-      order = np.argsort(first, kind="stable")
-      users, pos, neg = draws[first[order]], all_pos[first[order]], all_neg[last[order]]
-      del uniq
+      if self.triples > 1:  # every draw's triples, duplicates included
+        users, pos, neg = draws, all_pos, all_neg
+      else:  # dict semantics: first-seen order of keys, values from the last draw of each key.
+        keys = draws * self.num_items + all_pos
+        first = np.unique(keys, return_index=True)[1]
+        last = len(keys) - 1 - np.unique(keys[::-1], return_index=True)[1]
+        order = np.argsort(first, kind="stable")
+        users, pos, neg = draws[first[order]], all_pos[first[order]], all_neg[last[order]]
     if self.triples > 1:  # K separate (u, pos, neg) triples per positive (LightGCN-PyTorch)
       users = np.repeat(users, self.triples)
       items = np.stack([np.repeat(pos, self.triples), neg.reshape(-1)], axis=1)

@@ -658,6 +658,14 @@ def _selection_improved(value, best):
   return best is None or value > best
 
 
+def _eval_due(epoch: int, ec) -> bool:
+  """Is a selection evaluation due in ``epoch``? 'end': after epochs every−1, 2·every−1, …;
+  'start' / 'first_step': before / after the first step of epochs 0, every, 2·every, …"""
+  if ec.timing == "end":
+    return (epoch + 1) % ec.every_epochs == 0
+  return epoch % ec.every_epochs == 0
+
+
 def _horizon(meta: dict, epochs_done: int, config) -> int:
   """Epochs stage 2 runs if validation does not improve again: early stopping's horizon."""
   if meta["done"]:
@@ -749,16 +757,60 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
   bar = progress_lib.Progress(f"retrain {tag}", _horizon(meta, epoch, config) * steps_per_epoch,
                               int(state.step), int(state.step), bar=config.progress_bar)
   train_seconds = meta.get("train_seconds", 0.0)
+
+  def evaluate_and_select(epoch_: int, rec: dict) -> None:
+    """One selection evaluation: history, best copy, patience; sets meta['done'] when it stops."""
+    nonlocal best
+    res = run_eval(state.params, state.batch_stats, evaluator)
+    value = res[metric]
+    rec.update({f"{sel_split}/{k}": v for k, v in res.items()
+                if "@" in k or k in ("num_users_evaluated", "sampled")})
+    meta["history"].append({"epoch": epoch_, "step": int(state.step),
+                            **{k: v for k, v in res.items() if "@" in k}})
+    if _selection_improved(value, meta["best_value"]):
+      meta.update(best_value=value, best_epoch=epoch_, bad_evals=0)
+      # a copy: the state's buffers are donated to the next block.
+      best = jax.tree_util.tree_map(jnp.copy, {"params": state.params,
+                                               "batch_stats": state.batch_stats})
+    else:
+      meta["bad_evals"] += 1
+    logging.info("retrain %s epoch %d (step %d): %s | best %s %.4f @ epoch %d", tag, epoch_,
+                 int(state.step), evaluation.describe(res), metric, meta["best_value"],
+                 meta["best_epoch"])
+    last_due = ec.timing != "end" and epoch_ + ec.every_epochs >= rc.max_epochs
+    if meta["bad_evals"] >= ec.patience or last_due:
+      meta["done"] = True
+
+  def run_block(block: dict, epoch_: int, acc: dict) -> None:
+    nonlocal state
+    before = int(state.step)
+    state, m = block_fn(state, plan.put_batch(block), jnp.int32(epoch_), consts)
+    m = _to_host(m)
+    check_finite(m, before, state, f"retrain {tag}", store, writer)
+    _accumulate(acc, m)
+
   while not meta["done"]:
+    due = _eval_due(epoch, ec)
+    rec = {"stage": "retrain", "target": tag, "epoch": epoch}
+    if due and ec.timing == "start" and meta["block"] == 0:
+      evaluate_and_select(epoch, rec)  # before the epoch's first step (the LightGCN code)
+      if meta["done"]:
+        rec["step"] = int(state.step)
+        writer.write(rec)
+        store.save(state, meta, best)
+        break
     blocks, _ = _epoch_blocks(sampler, epoch, groups, rc.steps_per_block)
     acc = meta["acc"] if meta["block"] > 0 else {}
     t_epoch = time.perf_counter()
     for bi in range(meta["block"], blocks["users"].shape[0]):
-      before = int(state.step)
-      state, m = block_fn(state, plan.put_batch(_block(blocks, bi)), jnp.int32(epoch), consts)
-      m = _to_host(m)
-      check_finite(m, before, state, f"retrain {tag}", store, writer)
-      _accumulate(acc, m)
+      block = _block(blocks, bi)
+      if bi == 0 and due and ec.timing == "first_step":  # after the first step (the NCF/MF code)
+        run_block({k: v[:1] for k, v in block.items()}, epoch, acc)
+        evaluate_and_select(epoch, rec)
+        if meta["done"]:
+          break
+        block = {k: v[1:] for k, v in block.items()}
+      run_block(block, epoch, acc)
       bar.update(int(state.step), int(state.step), epoch=epoch)
       meta.update(block=bi + 1, acc=acc, seconds=time.perf_counter() - t_start)
       if int(state.step) - last_save >= config.checkpoint_every_steps:
@@ -766,32 +818,15 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
         store.save(state, meta, best)
         last_save = int(state.step)
     train_seconds += time.perf_counter() - t_epoch
-    rec = {"stage": "retrain", "target": tag, "epoch": epoch, "step": int(state.step),
-           **_epoch_record(acc)}
-    due = (epoch % ec.every_epochs == 0) if ec.eval_at_epoch_zero else (
-        (epoch + 1) % ec.every_epochs == 0)
+    rec.update({"step": int(state.step), **_epoch_record(acc)})
     last = epoch + 1 >= rc.max_epochs
-    if due or last:
-      res = run_eval(state.params, state.batch_stats, evaluator)
-      value = res[metric]
-      rec.update({f"{sel_split}/{k}": v for k, v in res.items()
-                  if "@" in k or k in ("num_users_evaluated", "sampled")})
-      meta["history"].append({"epoch": epoch, **{k: v for k, v in res.items() if "@" in k}})
-      if _selection_improved(value, meta["best_value"]):
-        meta.update(best_value=value, best_epoch=epoch, bad_evals=0)
-        # a copy: the state's buffers are donated to the next block.
-        best = jax.tree_util.tree_map(jnp.copy, {"params": state.params,
-                                                 "batch_stats": state.batch_stats})
-      else:
-        meta["bad_evals"] += 1
-      logging.info("retrain %s epoch %d: bpr %.4f | %s | best %s %.4f @ epoch %d", tag, epoch,
-                   rec.get("train/bpr_loss", 0), evaluation.describe(res), metric,
-                   meta["best_value"], meta["best_epoch"])
-      if meta["bad_evals"] >= ec.patience or last:
-        meta["done"] = True
-    else:
-      logging.info("retrain %s epoch %d: bpr %.4f l2 %.4g", tag, epoch, rec.get("train/bpr_loss", 0),
-                   rec.get("train/l2_loss", 0))
+    if not meta["done"] and ec.timing == "end" and (due or last):
+      evaluate_and_select(epoch, rec)
+      meta["done"] = meta["done"] or last
+    elif not meta["done"] and last:
+      meta["done"] = True  # the cap: no evaluation is due any more
+    logging.info("retrain %s epoch %d: bpr %.4f l2 %.4g", tag, epoch, rec.get("train/bpr_loss", 0),
+                 rec.get("train/l2_loss", 0))
     rec["train/steps_per_s"] = bar.steps_per_s()
     writer.write(rec)
     epoch += 1
@@ -947,6 +982,7 @@ _CHOICES = {
     "data.loader": ("text", "tfds"),
     "eval.selection_split": ("valid", "test"),
     "eval.report": ("best", "per_metric_max"),
+    "eval.timing": ("end", "start", "first_step"),
     "pack.value_dtype": tuple(packing.VALUE_DTYPES),
 }
 _POSITIVE = ("model.dim", "model.bucket_size", "prune.groups_per_step", "prune.num_negatives",

@@ -108,7 +108,9 @@ def get_config(arg: str = ""):
   c.eval.selection_split = "valid"
   c.eval.selection_metric = "ndcg@20"
   c.eval.every_epochs = 5
-  c.eval.eval_at_epoch_zero = False  # parity: evaluate after epochs 0, 5, 10, …
+  c.eval.timing = "end"          # 'end': after epochs every-1, 2·every-1, …; 'start' / 'first_step':
+                                 # before / after the first step of epochs 0, every, … (the authors'
+                                 # LightGCN / NCF code; the parity presets).
   c.eval.patience = 5            # evaluations without improvement before stopping.
   c.eval.report = "best"         # 'best' checkpoint | 'per_metric_max' (original).
 
@@ -137,7 +139,7 @@ def apply_parity(c):
   c.data.valid_fraction = 0.0
   c.eval.selection_split = "test"
   c.eval.selection_metric = "ndcg@5"
-  c.eval.eval_at_epoch_zero = True
+  c.eval.timing = "start" if c.model.backbone == "lightgcn" else "first_step"
   c.eval.patience = 3
   c.eval.report = "per_metric_max"
   return c

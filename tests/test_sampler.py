@@ -78,3 +78,21 @@ def test_triples_per_positive():
   assert len(set(items[:5, 1].tolist())) == 5
   dense = train.toarray() > 0
   assert not dense[users, items[:, 1]].any()
+
+
+def test_parity_triples_keep_every_draw():
+  """The LightGCN code's epoch: nnz user-uniform draws (empty users skipped), 5 triples each, no
+  de-duplication of repeated (user, positive) draws."""
+  train = _train()
+  s = S.BPRSampler(train, 1, epoch_kind="parity", seed=3, triples_per_positive=5)
+  users, items = s.epoch(0)
+  draws = users[::5]
+  assert len(users) == 5 * len(draws) and s.num_groups() == len(users)
+  assert len(draws) > S.BPRSampler(train, 5, epoch_kind="parity", seed=3).num_groups()
+  keys = draws.astype(np.int64) * 40 + items[::5, 0]
+  assert len(np.unique(keys)) < len(keys)  # repeated draws kept
+  assert 3 not in set(users.tolist())
+  dense = train.toarray() > 0
+  assert dense[users, items[:, 0]].all() and not dense[users, items[:, 1]].any()
+  for j in range(len(draws)):  # 5 distinct negatives per draw
+    assert len(set(items[5 * j:5 * j + 5, 1].tolist())) == 5

@@ -336,3 +336,26 @@ def test_bad_gk_ramp_refused(test_config, tmp_path):
   assert not (tmp_path / "w").exists()
   with pytest.raises(TypeError):  # ml_collections keeps the field an int
     test_config.prune.gk_ramp_steps = 2.5
+
+
+@pytest.mark.parametrize("timing,epochs,steps", [
+    ("end", [1, 3, 4], lambda s: [2 * s, 4 * s, 5 * s]),
+    ("start", [0, 2, 4], lambda s: [0, 2 * s, 4 * s]),
+    ("first_step", [0, 2, 4], lambda s: [1, 2 * s + 1, 4 * s + 1]),
+])
+def test_eval_timing(test_config, tmp_path, timing, epochs, steps):
+  """'end' evaluates after epochs every−1, …, and the cap; 'start' / 'first_step' (the authors'
+  LightGCN / NCF code) before / after the first step of epochs 0, every, …, and stop after the last
+  evaluation within the cap."""
+  c = test_config.copy_and_resolve_references()
+  c.model.embedding = "full"
+  c.retrain.max_epochs = 5
+  c.eval.patience = 10
+  c.eval.timing = timing
+  T.train_and_evaluate(c, str(tmp_path))
+  tag = os.listdir(os.path.join(tmp_path, "retrain"))[0]
+  r = json.load(open(os.path.join(tmp_path, "retrain", tag, "result.json")))
+  spe = r["steps_per_epoch"]
+  assert [h["epoch"] for h in r["history"]] == epochs
+  assert [h["step"] for h in r["history"]] == steps(spe)
+  assert r["steps"] == steps(spe)[-1]
