@@ -19,8 +19,8 @@ from absl import flags
 from absl import logging
 import jax
 
-from cerp_jax import logs
-from cerp_jax import report
+from cerp_jax import cli
+from cerp_jax import finalize
 from cerp_jax import runlock
 from cerp_jax import sharding as shard_lib
 
@@ -45,29 +45,29 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def _evaluate_locked(workdir: str, **kwargs) -> dict:
-  """report.evaluate_workdir under the workdir's lock (no train.py or eval.py beside it)."""
+  """finalize.evaluate_workdir under the workdir's lock (no train.py or eval.py beside it)."""
   if not os.path.isdir(workdir):  # evaluate_workdir names what is missing
-    return report.evaluate_workdir(workdir, **kwargs)
+    return finalize.evaluate_workdir(workdir, **kwargs)
   with runlock.hold(workdir, shard_lib.is_primary()):
-    return report.evaluate_workdir(workdir, **kwargs)
+    return finalize.evaluate_workdir(workdir, **kwargs)
 
 
 def main(argv):
   if len(argv) > 1:
-    logs.cli_error(f"unexpected arguments {argv[1:]} (flags are --name=value)")
-  logs.setup()
+    cli.cli_error(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+  cli.setup()
   shard_lib.distributed_init(None)  # only if the environment asks (before any device is touched)
   if not shard_lib.is_primary():
     logging.set_verbosity(logging.WARNING)
   logging.info("local devices: %s", jax.local_devices())
   mesh_shape = tuple(int(s) for s in FLAGS.mesh_shape.split(",")) if FLAGS.mesh_shape else None
-  out = logs.run_cli(_evaluate_locked, FLAGS.workdir, user_sample=FLAGS.user_sample,
+  out = cli.run_cli(_evaluate_locked, FLAGS.workdir, user_sample=FLAGS.user_sample,
                      batch_size=FLAGS.batch_size, mesh_shape=mesh_shape,
                      allow_fallback=FLAGS.allow_fallback, reference=FLAGS.reference,
                      quantized=tuple(FLAGS.quantized), value_dtype=FLAGS.value_dtype)
   if shard_lib.is_primary():
-    print(report.markdown_table(out))
+    print(finalize.markdown_table(out))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=logs.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -15,7 +15,7 @@ import json
 from absl import app
 from absl import flags
 
-from cerp_jax import logs
+from cerp_jax import cli
 from cerp_jax import recommend as recommend_lib
 
 FLAGS = flags.FLAGS
@@ -59,9 +59,9 @@ def run():
 
 def main(argv):
   if len(argv) > 1:
-    logs.cli_error(f"unexpected arguments {argv[1:]} (flags are --name=value)")
-  logs.run_cli(run)
+    cli.cli_error(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+  cli.run_cli(run)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=logs.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

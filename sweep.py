@@ -13,7 +13,7 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from cerp_jax import logs
+from cerp_jax import cli
 from cerp_jax import sweep as sweep_lib
 
 FLAGS = flags.FLAGS
@@ -28,14 +28,14 @@ flags.mark_flags_as_required(["config"])
 
 def main(argv):
   if len(argv) > 1:
-    logs.cli_error(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+    cli.cli_error(f"unexpected arguments {argv[1:]} (flags are --name=value)")
   if not FLAGS.workdir and not FLAGS.solve_only:
-    logs.cli_error("--workdir is required (unless --solve_only)")
-  logs.setup()
+    cli.cli_error("--workdir is required (unless --solve_only)")
+  cli.setup()
   logging.info("local devices: %s", jax.local_devices())
-  logs.run_cli(sweep_lib.run_sweep, FLAGS.config, FLAGS.workdir, solve_only=FLAGS.solve_only,
+  cli.run_cli(sweep_lib.run_sweep, FLAGS.config, FLAGS.workdir, solve_only=FLAGS.solve_only,
                report_only=FLAGS.report_only)
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=logs.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -15,10 +15,10 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
-from cerp_jax import train as train_lib
-from cerp_jax import logs
-from cerp_jax import report
+from cerp_jax import cli
+from cerp_jax import finalize
 from cerp_jax import sharding as shard_lib
+from cerp_jax import train as train_lib
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training configuration file.", lock_config=True)
@@ -28,18 +28,18 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   if len(argv) > 1:
-    logs.cli_error(f"unexpected arguments {argv[1:]} (flags are --name=value)")
-  logs.setup()
+    cli.cli_error(f"unexpected arguments {argv[1:]} (flags are --name=value)")
+  cli.setup()
   shard_lib.distributed_init(FLAGS.config)  # before anything touches a device
   if not shard_lib.is_primary():  # process 0 logs and writes; the others only warn
     logging.set_verbosity(logging.WARNING)
     FLAGS.config.progress_bar = False
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
-  results = logs.run_cli(train_lib.train_and_evaluate, FLAGS.config, FLAGS.workdir)
+  results = cli.run_cli(train_lib.train_and_evaluate, FLAGS.config, FLAGS.workdir)
   if results and shard_lib.is_primary():
-    print(report.training_table(results))
+    print(finalize.training_table(results))
 
 
 if __name__ == "__main__":
-  app.run(main, flags_parser=logs.parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

@@ -335,8 +335,8 @@ def _p7_lightgcn(path):
 
 def main(argv):
   del argv
-  from cerp_jax import logs  # pylint: disable=g-import-not-at-top
-  logs.setup()
+  from cerp_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.setup()
   import jax  # pylint: disable=g-import-not-at-top
   want = [f.strip() for f in FLAGS.figures.split(",") if f.strip()]
   m = measure_machine()
@@ -352,6 +352,31 @@ def main(argv):
     print(f"  {fig}: {measured:.4g} {unit} (target {target} {unit}, limit ≈ {limit:.3g} {unit}) "
           f"{note}", flush=True)
 
+  p1a = _p1(want, put, flops, bw)
+  if "P2" in want:
+    _p2(put, out, flops)
+  if "P3" in want:
+    _p3(put, flops, p1a)
+  if "P5" in want:
+    _p5(put)
+  if "P6" in want:
+    _p6(put)
+  if "P7" in want:
+    _p7(put, out, bw)
+  if FLAGS.json:
+    from cerp_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    workdir_lib.write_json(FLAGS.json, out, sort_keys=False)
+  print("\n| figure | measured | target | limit here | meets |")
+  print("|---|---|---|---|---|")
+  for fig in TARGETS:
+    if fig in out:
+      r = out[fig]
+      print(f"| {fig} | {r['measured']:.4g} {r['unit']} | ≤ {r['target']} {r['unit']} | "
+            f"{r['limit']:.3g} {r['unit']} | {'yes' if r['meets_target'] else 'no'} |")
+
+
+def _p1(want, put, flops, bw):
+  """P1a, P1b, P1c: stage-1 train steps; returns P1a's ms per step (also for P3's estimate)."""
   p1a = None
   if "P1a" in want or ("P3" in want and not FLAGS.p3_workdir):
     r = _stage("gowalla_mlp", "prune", FLAGS.reps, **{"prune.steps_per_block": 200})
@@ -366,65 +391,66 @@ def main(argv):
     r = _stage("gowalla_mf", "prune", FLAGS.reps)
     # P, Q, S_P, S_Q and Adam's m, v: 12 arrays of 128k floats read and written per step
     put("P1c", r["ms_per_step"], 1e3 * 12 * 2 * 128_000 * 4 / bw)
-  if "P2" in want:
-    for name, module in (("P2_mf", "gowalla_mf"), ("P2_lightgcn", "gowalla_lightgcn")):
-      r = _eval(module)
-      n_users, n_items, d = r["num_users"], 40981, 128
-      put(name, r["seconds"], 2 * n_users * n_items * d / flops,
-          f"({r['num_users']} users, full ranking; first call incl. compile "
-          f"{r['first_call_seconds']:.1f} s)")
-      # Where the time goes: scoring alone, and one batch at a time (no overlap of one batch's
-      # single-threaded top-K with the next batch's matmul).
-      s = _eval(module, score_only=True)
-      seq = _eval(module, workers=1)
-      out[name]["breakdown"] = {"scoring_s": s["seconds"], "one_batch_at_a_time_s": seq["seconds"]}
-      print(f"      breakdown: scoring (matmul) alone {s['seconds']:.2f} s; one batch at a time "
-            f"{seq['seconds']:.2f} s", flush=True)
-  if "P3" in want:
-    if FLAGS.p3_workdir:
-      measured = _p3_measured(FLAGS.p3_workdir)
-      put("P3", measured["seconds"] / 60, 1e9 / flops * measured["step"] / 60,
-          f"(MEASURED: stage 1 of {FLAGS.p3_workdir}, 0.5 snapshot at step {measured['step']:,})")
-    else:
-      est = p1a * FLAGS.p3_steps / 1e3 / 60
-      put("P3", est, 1e9 / flops * FLAGS.p3_steps / 60,
-          f"(ESTIMATE: P1a × {FLAGS.p3_steps} steps, not a measured run)")
-  if "P5" in want:
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    r = subprocess.run([sys.executable, "-c", _P5_CHILD], cwd=repo, capture_output=True,
-                       text=True, timeout=1800)
-    if r.returncode != 0:
-      print(r.stderr[-2000:])
-    else:
-      kib = int(r.stdout.strip().splitlines()[-1])
-      put("P5", kib / 2 ** 20, 0.5, "(ru_maxrss of a process running LightGCN stage-1 and "
-          "stage-2 steps on Gowalla)")
-  if "P6" in want:
-    from cerp_jax import packing  # pylint: disable=g-import-not-at-top
-    rng = np.random.default_rng(0)
-    worst = 0.0
-    for density in (0.5, 0.2, 0.05):
-      tables = {}
-      for k in ("P", "Q"):
-        t = rng.standard_normal((1000, 128)).astype(np.float32)
-        t[rng.random(t.shape) >= density] = 0
-        tables[k] = t
-      blob, rep = packing.pack(tables)
-      ideal = sum(packing.ideal_bytes(r["nonzeros"], *r["shape"]) for r in rep["tables"].values())
-      worst = max(worst, len(blob) / ideal)
-    put("P6", worst, 1.0, "(worst of densities 0.5, 0.2, 0.05 on [1000, 128] × 2)")
-  if "P7" in want:
-    _p7(put, out, bw)
-  if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
-      json.dump(out, f, indent=2)
-  print("\n| figure | measured | target | limit here | meets |")
-  print("|---|---|---|---|---|")
-  for fig in TARGETS:
-    if fig in out:
-      r = out[fig]
-      print(f"| {fig} | {r['measured']:.4g} {r['unit']} | ≤ {r['target']} {r['unit']} | "
-            f"{r['limit']:.3g} {r['unit']} | {'yes' if r['meets_target'] else 'no'} |")
+  return p1a
+
+
+def _p3(put, flops, p1a):
+  """P3: wall time to the 0.5 snapshot, measured (--p3_workdir) or estimated from P1a."""
+  if FLAGS.p3_workdir:
+    measured = _p3_measured(FLAGS.p3_workdir)
+    put("P3", measured["seconds"] / 60, 1e9 / flops * measured["step"] / 60,
+        f"(MEASURED: stage 1 of {FLAGS.p3_workdir}, 0.5 snapshot at step {measured['step']:,})")
+  else:
+    est = p1a * FLAGS.p3_steps / 1e3 / 60
+    put("P3", est, 1e9 / flops * FLAGS.p3_steps / 60,
+        f"(ESTIMATE: P1a × {FLAGS.p3_steps} steps, not a measured run)")
+
+
+def _p2(put, out, flops):
+  """P2: full-ranking evaluation (MF, LightGCN), with where the time goes."""
+  for name, module in (("P2_mf", "gowalla_mf"), ("P2_lightgcn", "gowalla_lightgcn")):
+    r = _eval(module)
+    n_users, n_items, d = r["num_users"], 40981, 128
+    put(name, r["seconds"], 2 * n_users * n_items * d / flops,
+        f"({r['num_users']} users, full ranking; first call incl. compile "
+        f"{r['first_call_seconds']:.1f} s)")
+    # Where the time goes: scoring alone, and one batch at a time (no overlap of one batch's
+    # single-threaded top-K with the next batch's matmul).
+    s = _eval(module, score_only=True)
+    seq = _eval(module, workers=1)
+    out[name]["breakdown"] = {"scoring_s": s["seconds"], "one_batch_at_a_time_s": seq["seconds"]}
+    print(f"      breakdown: scoring (matmul) alone {s['seconds']:.2f} s; one batch at a time "
+          f"{seq['seconds']:.2f} s", flush=True)
+
+
+def _p5(put):
+  """P5: peak resident memory of LightGCN training, in a subprocess."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  r = subprocess.run([sys.executable, "-c", _P5_CHILD], cwd=repo, capture_output=True,
+                     text=True, timeout=1800)
+  if r.returncode != 0:
+    print(r.stderr[-2000:])
+  else:
+    kib = int(r.stdout.strip().splitlines()[-1])
+    put("P5", kib / 2 ** 20, 0.5, "(ru_maxrss of a process running LightGCN stage-1 and "
+        "stage-2 steps on Gowalla)")
+
+
+def _p6(put):
+  """P6: packed bytes over the ideal (min of CSR and bitmap) at three densities."""
+  from cerp_jax import packing  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  worst = 0.0
+  for density in (0.5, 0.2, 0.05):
+    tables = {}
+    for k in ("P", "Q"):
+      t = rng.standard_normal((1000, 128)).astype(np.float32)
+      t[rng.random(t.shape) >= density] = 0
+      tables[k] = t
+    blob, rep = packing.pack(tables)
+    ideal = sum(packing.ideal_bytes(r["nonzeros"], *r["shape"]) for r in rep["tables"].values())
+    worst = max(worst, len(blob) / ideal)
+  put("P6", worst, 1.0, "(worst of densities 0.5, 0.2, 0.05 on [1000, 128] × 2)")
 
 
 if __name__ == "__main__":

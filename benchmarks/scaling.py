@@ -65,6 +65,7 @@ def _config(method: str, n: int, dim: int):
 
 def run_child(n: int, method: str, dim: int, reps: int, limit_gib: float) -> dict:
   """Builds, sizes and times one (N, method) in this process; returns its row."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -72,7 +73,6 @@ def run_child(n: int, method: str, dim: int, reps: int, limit_gib: float) -> dic
   from cerp_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   from cerp_jax import embeddings as emb_lib  # pylint: disable=g-import-not-at-top
   from cerp_jax import models  # pylint: disable=g-import-not-at-top
-  from cerp_jax import pruning  # pylint: disable=g-import-not-at-top
   from cerp_jax import train as T  # pylint: disable=g-import-not-at-top
 
   c = _config(method, n, dim)
@@ -82,25 +82,15 @@ def run_child(n: int, method: str, dim: int, reps: int, limit_gib: float) -> dic
   empty = sp.csr_matrix((num_users, num_items), dtype=np.float32)
   data = data_lib.Interactions("synthetic", num_users, num_items, empty, empty, empty)
   prune = method == "cerp"
-  model = T.build_model(c, data, emb_lib.PRUNE if prune else emb_lib.DENSE)
+  model = models.create_model(c, data, emb_lib.PRUNE if prune else emb_lib.DENSE)
+  # Both methods take stage 1's optimizer and step (the full table without the regularizer and
+  # the snapshots); CERP snapshots one budget (sparsity 0.5).
   tx = T.make_optimizer(pc)
-  sc = T.StepConfig(eta=pc.eta, gamma_init=1.0, gamma_decay=0.5, l2_penalty=pc.l2_penalty,
-                    prune=prune, unique_users=False)
-  fn = T.make_block_fn(model, tx, sc)
+  fn = T.make_block_fn(model, tx, dataclasses.replace(T.step_config(c, T.PRUNE), prune=prune))
   rows = pc.num_negatives + 1
-
-  def make_state():
-    variables = T.init_variables(model, c.seed, rows)
-    params = variables["params"]
-    prune_state = None
-    if prune:
-      tables = model.apply(variables, method=models.Recommender.tables)
-      budgets = pruning.budgets((0.5,), model.embedding.num_parameters())
-      prune_state = pruning.init_prune_state(
-          budgets, tables, {k: jnp.copy(params["embedding"][k]) for k in model.embedding.prunable})
-    return T.TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={}, masks={},
-                        opt_state=tx.init(params), rng=jax.random.key_data(jax.random.key(0)),
-                        prune=prune_state)
+  make_state = lambda: T.create_train_state(
+      c, model, T.PRUNE if prune else T.RETRAIN, models.init_variables(model, c.seed, rows),
+      targets=(0.5,), tx=tx)
 
   abstract = jax.eval_shape(make_state)
   emb_params = int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(
@@ -189,8 +179,8 @@ def main(argv):
       rows.append(row)
       print(_fmt_row(row), flush=True)
   if FLAGS.json:
-    with open(FLAGS.json, "w", encoding="utf-8") as f:
-      json.dump(rows, f, indent=2)
+    from cerp_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+    workdir_lib.write_json(FLAGS.json, rows, sort_keys=False)
 
 
 if __name__ == "__main__":

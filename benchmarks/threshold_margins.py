@@ -3,7 +3,7 @@
   python benchmarks/threshold_margins.py --workdir=runs/gowalla_mlp_parity_p3 [--checkpoint=N]
 
 Restores a stage-1 checkpoint (default: the newest readable one) of a CERP or PEP run and prints, per
-pruned table T with thresholds S_T: the fraction of entries alive (|v| > σ(s), spec §2), and over the
+pruned table T with thresholds S_T: the fraction of entries alive (|v| > σ(s)), and over the
 alive entries the median |v|, the median σ(s), the median margin |v| − σ(s), and the fraction with
 |v| > 0.5. Coupled weight decay can raise σ(s) only towards σ(0) = 0.5 (it pulls s to 0, never past
 it), so entries above 0.5 can be pruned only through the loss gradient. Used for docs/results/faithful_vs_fast.md's account
@@ -13,7 +13,6 @@ Exits with status 1 and a message naming the directory when there is no stage-1 
 (nothing is created), and raises cerp_jax.checkpoint.CheckpointError for an unreadable one.
 """
 
-import json
 import os
 import sys
 
@@ -28,6 +27,7 @@ import orbax.checkpoint as ocp
 
 from cerp_jax import checkpoint as ckpt_lib
 from cerp_jax import embeddings as emb_lib
+from cerp_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A train.py workdir with prune/checkpoints.", required=True)
@@ -64,7 +64,7 @@ def margins(params: dict, gk: float = 1.0) -> dict:
 
 def main(argv):
   del argv
-  directory = os.path.abspath(os.path.join(FLAGS.workdir, "prune", "checkpoints"))
+  directory = os.path.abspath(os.path.join(workdir_lib.prune_dir(FLAGS.workdir), "checkpoints"))
   if not os.path.isdir(directory):  # checked first: CheckpointStore would create it
     sys.exit(f"threshold_margins: no stage-1 checkpoint in {directory} (no such directory)")
   store = ckpt_lib.CheckpointStore(directory)
@@ -77,10 +77,9 @@ def main(argv):
   except Exception as e:  # orbax raises several types for damaged files
     raise ckpt_lib.CheckpointError(f"cannot read checkpoint {n} in {store.directory}: {e}") from e
   ramp = 0
-  config_path = os.path.join(FLAGS.workdir, "config.json")
+  config_path = workdir_lib.config_path(FLAGS.workdir)
   if os.path.exists(config_path):
-    with open(config_path, encoding="utf-8") as fh:
-      ramp = int(json.load(fh).get("prune", {}).get("gk_ramp_steps", 0) or 0)
+    ramp = int(workdir_lib.read_json(config_path).get("prune", {}).get("gk_ramp_steps", 0) or 0)
   gk = 1.0 + int(meta.get("step", 0)) / ramp if ramp > 0 else 1.0
   figures = margins(state["params"]["embedding"], gk)
   print(f"{FLAGS.workdir}: checkpoint {n}, step {meta.get('step')}, epoch {meta.get('epoch')}, "
@@ -90,8 +89,7 @@ def main(argv):
           f"median σ(s) {f['median_threshold']:.3f}, median margin {f['median_margin']:.3f}, "
           f"|v| > 0.5 {f['above_half']:.3f}")
   if FLAGS.json:
-    with open(FLAGS.json, "w") as fh:
-      json.dump({"checkpoint": n, "step": meta.get("step"), "tables": figures}, fh, indent=1)
+    workdir_lib.write_json(FLAGS.json, {"checkpoint": n, "step": meta.get("step"), "tables": figures})
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Measures, on the machine it runs on:
 Each timing is the median over ``--blocks`` blocks after one warm-up (compile) block.
 """
 
-import json
 import os
 import sys
 
@@ -21,12 +20,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
-import numpy as np
 
+from cerp_jax import cli
 from cerp_jax import data as data_lib
-from cerp_jax import logs
+from cerp_jax import workdir as workdir_lib
 import timing
 
 FLAGS = flags.FLAGS
@@ -38,7 +36,7 @@ flags.DEFINE_bool("eval", True, "Time one test evaluation.")
 
 def main(argv):
   del argv
-  logs.setup()
+  cli.setup()
   config = FLAGS.config
   data = data_lib.load_interactions(config)
   out = {"device": str(jax.devices()[0]), "backend": jax.default_backend(),
@@ -65,8 +63,7 @@ def main(argv):
            f"all {e['num_users']} users (full ranking)")
     print(f"\nevaluation (test, batch {e['batch_size']}): {e['seconds']:.2f} s for {who}")
   if FLAGS.json:
-    with open(FLAGS.json, "w") as f:
-      json.dump(out, f, indent=2)
+    workdir_lib.write_json(FLAGS.json, out, sort_keys=False)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import numpy as np
 from cerp_jax import embeddings as emb_lib
 from cerp_jax import evaluation
 from cerp_jax import models
-from cerp_jax import pruning
 from cerp_jax import sampler as sampler_lib
 from cerp_jax import sharding as shard_lib
 from cerp_jax import train as T
@@ -20,25 +19,10 @@ def time_stage(config, data, stage: str, reps: int = 5) -> dict:
   sc_cfg = config.prune if stage == "prune" else config.retrain
   mode = emb_lib.PRUNE if stage == "prune" else (
       emb_lib.RETRAIN if config.model.embedding == "cerp" else emb_lib.DENSE)
-  model = T.build_model(config, data, mode)
-  tx = T.make_optimizer(sc_cfg)
-  sc = T.StepConfig(eta=config.prune.eta, gamma_init=1.0, gamma_decay=0.5,
-                    l2_penalty=sc_cfg.l2_penalty, prune=stage == "prune",
-                    unique_users=config.model.backbone == "lightgcn")
-  consts = T.model_consts(config, data)
-  fn = T.make_block_fn(model, tx, sc)
-  variables = T.init_variables(model, config.seed, sc_cfg.num_negatives + 1)
-  params = variables["params"]
-  prune_state = None
-  if stage == "prune":
-    tables = model.apply(variables, method=models.Recommender.tables)
-    budgets = pruning.budgets(config.target_sparsities, model.embedding.num_parameters())
-    prune_state = pruning.init_prune_state(
-        budgets, tables, {k: jnp.copy(params["embedding"][k]) for k in model.embedding.prunable})
-  state = T.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                       batch_stats=variables.get("batch_stats", {}),
-                       masks=variables.get("masks", {}), opt_state=tx.init(params),
-                       rng=jax.random.key_data(jax.random.key(0)), prune=prune_state)
+  model = models.create_model(config, data, mode)
+  consts = models.model_consts(config, data)
+  fn = T.make_block_fn(model, T.make_optimizer(sc_cfg), T.step_config(config, stage))
+  state = T.create_train_state(config, model, stage)
   sampler = sampler_lib.BPRSampler(data.train, sc_cfg.num_negatives, seed=0)
   t0 = time.perf_counter()
   users, items = sampler.epoch(0)
@@ -72,21 +56,21 @@ def time_eval(config, data, workers=None, score_only: bool = False) -> dict:
   the matmul share of an evaluation.
   """
   mode = emb_lib.RETRAIN if config.model.embedding == "cerp" else emb_lib.DENSE
-  model = T.build_model(config, data, mode)
-  variables = {**T.init_variables(model, config.seed, 2), **T.model_consts(config, data)}
+  model = models.create_model(config, data, mode)
+  variables = {**models.init_variables(model, config.seed, 2), **models.model_consts(config, data)}
   ec = config.eval
   ev = evaluation.Evaluator(data, "test", ec.ks, ec.batch_size, user_sample=ec.test_user_sample,
                             seed=ec.sample_seed, workers=workers,
                            plan=shard_lib.ShardingPlan.from_config(config))  # as train/eval.py
-  score_fn = T.make_score_fn(model, data.num_users)
-  vectors_fn = T.make_vectors_fn(model)
+  score_fn = models.make_score_fn(model, data.num_users)
+  vectors_fn = models.make_vectors_fn(model)
   if score_only:
     fn = jax.jit(lambda a, u: jnp.sum(score_fn(a, u), axis=1))  # a [B] output keeps the [B, I] work
     args = (variables, vectors_fn(variables))
     times = []
     for _ in range(2):
       t0 = time.perf_counter()
-      outs = [fn(args, b["users"]) for b in ev._batches]  # pylint: disable=protected-access
+      outs = [fn(args, b["users"]) for b in ev.batches]
       jax.block_until_ready(outs)
       times.append(time.perf_counter() - t0)
     return {"seconds": times[1], "first_call_seconds": times[0],

@@ -352,7 +352,11 @@ class PEPEmbedding(emb_lib.TableEmbedding):
 
 def make_baseline(config, num_entities: int, mode: str) -> nn.Module:
   """The QR / hashing / PEP module of ``config.model`` (called by
-  :func:`cerp_jax.embeddings.make_embedding`)."""
+  :func:`cerp_jax.models.make_embedding`).
+
+  Raises:
+    ValueError: ``config.model.embedding`` is not a baseline, or a field value is invalid.
+  """
   mc = config.model
   if mc.embedding == "qr":
     return QREmbedding(num_entities=num_entities, num_collisions=mc.bucket_size, features=mc.dim,

@@ -29,22 +29,17 @@ method        knob                          sizing rule
 same rules with 2-byte (float16) or 1-byte + a float32 scale per row (int8) values, so e.g. the full
 table at 10 % is d = 12 in float32 and d = 47 in int8. The model still trains in float32.
 
-Dense methods are predicted exactly (all entries non-zero ⇒ the packer picks the dense layout). For
-pruned methods the packed size depends on how many non-zeros each table keeps; the prediction is an
-upper bound: the worst split of n non-zeros over CERP's two tables, plus ``SLACK_BYTES`` for the
-header digits of smaller counts (the snapshot is taken at the first step with ≤ n non-zeros, so a
-run can only land lower). The sweep verifies the measured size of every run after packing.
-
-The packer's file format (``packing.FIXED_BYTES`` of prefix, checksum and meta, whatever their values;
-the JSON directory; the raw arrays) is mirrored here in closed form so that sizes for millions of
-candidate non-zero counts cost microseconds; ``tests/test_budget.py`` checks it against
-:func:`cerp_jax.packing.pack` byte for byte, for every method's meta and every value dtype.
+Sizes come from :func:`cerp_jax.packing.packed_size` (the packer's own closed form, exact). Dense
+methods are predicted exactly (all entries non-zero ⇒ the packer picks the dense layout). For pruned
+methods the packed size depends on how many non-zeros each table keeps; the prediction is an upper
+bound: the worst split of n non-zeros over CERP's two tables, plus ``SLACK_BYTES`` for the header
+digits of smaller counts (the snapshot is taken at the first step with ≤ n non-zeros, so a run can
+only land lower). The sweep verifies the measured size of every run after packing.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 from typing import Optional, Sequence
 
@@ -56,7 +51,6 @@ from cerp_jax import packing
 
 METHODS = ("full", "qr", "hash", "pep", "cerp")
 VALUE_DTYPES = tuple(packing.VALUE_DTYPES)  # 'float32' (default), 'float16', 'int8'
-PRUNED = ("pep", "cerp")
 SLACK_BYTES = 32  # header-digit jitter allowance for pruned methods (see module docstring)
 
 
@@ -84,109 +78,14 @@ def method_spec(method: str, value_dtype: str = "float32") -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Exact packed sizes (closed-form mirror of cerp_jax.packing)
+# Packed sizes (cerp_jax.packing's closed form)
 # --------------------------------------------------------------------------------------------------
-
-_FIXED = packing.FIXED_BYTES  # prefix (magic, lengths, CRC-32) + meta: constant
-
-
-def _digits(x) -> np.ndarray:
-  """Decimal digits of non-negative integers (vectorised, exact)."""
-  x = np.asarray(x, np.int64)
-  d = np.ones_like(x)
-  for k in range(1, 19):
-    d += x >= 10 ** k
-  return d
-
-
-def _uint_itemsize(max_value) -> np.ndarray:
-  """Itemsize of :func:`cerp_jax.packing._uint_dtype` (smallest unsigned dtype holding the value)."""
-  m = np.asarray(max_value, np.int64)
-  return np.select([m <= 0xFF, m <= 0xFFFF, m <= 0xFFFFFFFF], [1, 2, 4], 8)
-
-
-def _layout_arrays(layout: str, rows: int, cols: int, nnz,
-                   value_dtype: str = "float32") -> list[tuple[str, object, object]]:
-  """``(part, length, itemsize)`` of the arrays :func:`packing.encode_table` writes (all 1-D; every
-  dtype string, ``i8 f4 f2 i1 u1 u2 u4 u8``, has 2 characters). int8 adds ``scales [rows] f4``."""
-  nnz = np.asarray(nnz, np.int64)
-  vsize = np.dtype(packing.VALUE_DTYPES[value_dtype]).itemsize
-  head = [("shape", 2, 8)]
-  scales = [("scales", rows, 4)] if value_dtype == "int8" else []
-  if layout == "dense":
-    return head + [("values", rows * cols + 0 * nnz, vsize)] + scales
-  if layout == "csr":
-    return head + [("values", nnz, vsize)] + scales + [
-        ("indices", nnz, int(_uint_itemsize(max(cols - 1, 0)))),
-        ("indptr", rows + 1, _uint_itemsize(nnz))]
-  if layout == "bitmap":
-    return head + [("values", nnz, vsize)] + scales + [("bitmap", -(-rows * cols // 8), 1)]
-  raise ValueError(f"layout={layout!r}: expected one of {packing.LAYOUTS}")
-
-
-def _container_bytes(arrays: Sequence[tuple[str, object, object]]) -> np.ndarray:
-  """Size of ``packing._serialize`` of named 1-D arrays ``(name, length, itemsize)`` (broadcast).
-
-  ``FIXED_BYTES + json.dumps([[name, dtype, [length], offset], ...], separators=(',', ':'))`` +
-  payload; one directory entry is ``11 + len(name) + len(dtype) + digits(length) +
-  digits(offset)``.
-  """
-  offset = np.int64(0)
-  header = 2 + max(len(arrays) - 1, 0)
-  for name, length, itemsize in arrays:
-    length = np.asarray(length, np.int64)
-    header = header + 11 + len(name) + 2 + _digits(length) + _digits(offset)
-    offset = offset + length * np.asarray(itemsize, np.int64)
-  return _FIXED + header + offset
-
-
-def table_sizes(rows: int, cols: int, nnz, value_dtype: str = "float32") -> np.ndarray:
-  """``[3, ...]`` bytes of one ``[rows, cols]`` table with ``nnz`` non-zeros serialized alone in each
-  layout of ``packing.LAYOUTS`` (the sizes :func:`packing.pack` compares)."""
-  return np.stack([np.broadcast_to(
-      _container_bytes(_layout_arrays(l, rows, cols, nnz, value_dtype)), np.shape(nnz))
-                   for l in packing.LAYOUTS])
-
-
-def chosen_layouts(rows: int, cols: int, nnz, value_dtype: str = "float32") -> np.ndarray:
-  """Index into ``packing.LAYOUTS`` the packer picks (smallest; ties to the first), ``[...]`` int."""
-  return np.argmin(table_sizes(rows, cols, nnz, value_dtype), axis=0)
-
-
-def packed_bytes(tables: Sequence[tuple[str, int, int, object]],
-                 value_dtype: str = "float32") -> np.ndarray:
-  """Exact size of :func:`packing.pack`'s file for tables of given shapes and non-zero counts.
-
-  The size depends only on each table's shape and number of non-zeros (not on where they are, nor on
-  the meta's values: prefix and meta are ``packing.FIXED_BYTES`` whatever they hold).
-
-  Args:
-    tables: ``(name, rows, cols, nnz)`` in the order of the embedding's ``tables()`` dict; ``nnz`` may
-      be an int array (broadcast across tables) to size many candidates at once.
-    value_dtype: the meta's value dtype, one of ``packing.VALUE_DTYPES``.
-
-  Returns:
-    bytes (int64 array, 0-d for scalar inputs).
-  """
-  choices = [chosen_layouts(rows, cols, nnz, value_dtype) for _, rows, cols, nnz in tables]
-  shape = np.broadcast_shapes(*[np.shape(c) for c in choices])
-  out = np.zeros(shape, np.int64)
-  for combo in itertools.product(range(len(packing.LAYOUTS)), repeat=len(tables)):
-    arrays = []
-    for (name, rows, cols, nnz), li in zip(tables, combo):
-      arrays += [(f"{name}/{part}", length, isz) for part, length, isz in
-                 _layout_arrays(packing.LAYOUTS[li], rows, cols, nnz, value_dtype)]
-    hit = np.ones(shape, bool)
-    for c, li in zip(choices, combo):
-      hit &= np.broadcast_to(c == li, shape)
-    if hit.any():
-      out = np.where(hit, np.broadcast_to(_container_bytes(arrays), shape), out)
-  return out
 
 
 def dense_bytes(tables: Sequence[tuple[str, int, int]], value_dtype: str = "float32") -> int:
-  """Packed bytes of fully dense (no zero entry) tables ``(name, rows, cols)``, exact."""
-  return int(packed_bytes([(n, r, c, r * c) for n, r, c in tables], value_dtype))
+  """Packed bytes of fully dense (no zero entry) tables ``(name, rows, cols)``, exact
+  (:func:`cerp_jax.packing.packed_size`)."""
+  return int(packing.packed_size([(n, r, c, r * c) for n, r, c in tables], value_dtype))
 
 
 def _value_itemsize(value_dtype: str) -> int:
@@ -329,7 +228,7 @@ def solve_hash(budget: int, dim: int, value_dtype: str = "float32") -> tuple[int
 
 def pep_bytes(num_entities: int, dim: int, nonzeros, value_dtype: str = "float32") -> np.ndarray:
   """Packed bytes of PEP's ``E [N, d]`` with ``nonzeros`` non-zeros (exact)."""
-  return packed_bytes([("E", num_entities, dim, nonzeros)], value_dtype)
+  return packing.packed_size([("E", num_entities, dim, nonzeros)], value_dtype)
 
 
 def solve_pep(budget: int, num_entities: int, dim: int,
@@ -358,11 +257,11 @@ def _split_candidates(total: int, per_table: int, rows: int, cols: int,
   breaks = [0, per_table, 0xFF, 0x100, 0xFFFF, 0x10000]
   breaks += [10 ** k + e for k in range(1, 10) for e in (-1, 0)]
   grid = np.arange(0, per_table + 1, max(1, per_table // 4096))
-  ch = chosen_layouts(rows, cols, grid, value_dtype)
+  ch = packing.chosen_layouts(rows, cols, grid, value_dtype)
   for i in np.nonzero(np.diff(ch))[0]:  # refine each layout change on the coarse grid
     a, b = int(grid[i]), int(grid[i + 1])
     seg = np.arange(a, b + 1)
-    c = chosen_layouts(rows, cols, seg, value_dtype)
+    c = packing.chosen_layouts(rows, cols, seg, value_dtype)
     breaks += [int(seg[j]) for j in np.nonzero(np.diff(c))[0]] + [a, b]
   pts = set()
   for x in breaks:
@@ -378,8 +277,8 @@ def cerp_bytes_range(num_entities: int, bucket_size: int, dim: int, nonzeros: in
   del num_entities
   per = bucket_size * dim
   a = _split_candidates(nonzeros, per, bucket_size, dim, value_dtype)
-  sizes = packed_bytes([("P", bucket_size, dim, a), ("Q", bucket_size, dim, nonzeros - a)],
-                       value_dtype)
+  sizes = packing.packed_size([("P", bucket_size, dim, a), ("Q", bucket_size, dim, nonzeros - a)],
+                              value_dtype)
   return int(sizes.min()), int(sizes.max())
 
 

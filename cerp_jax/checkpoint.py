@@ -1,17 +1,9 @@
-"""Orbax checkpoints of a training run: the train state, the best parameters so far, and JSON metadata.
+"""Orbax checkpoints of one training stage: train state, best parameters, JSON metadata.
 
-One :class:`CheckpointStore` per stage directory. Saves are synchronous and atomic (orbax writes to
-a temporary directory and renames), so a killed run leaves the previous checkpoint intact. Restores use
-an abstract target (``jax.eval_shape``), so optimizer states come back with their types.
-
-Integrity: orbax checks the checksums of its index, not of the array bytes (a byte overwrite in an
-array file restores silently). Every save therefore records, in the checkpoint's own JSON
-metadata (key ``_integrity``), a SHA-256 digest of every saved array leaf (dtype, shape,
-bytes) and of the metadata itself; every restore recomputes and compares them. A checkpoint that
-fails is skipped for the newest one that verifies (reported in one line and in
-:attr:`CheckpointStore.last_restore`); none verifying is a :class:`CheckpointError`. Checkpoints
-written before digests were recorded are restored unverified, with a warning. Non-finite float
-arrays are never saved.
+Saves are synchronous and atomic; restores use an abstract target. Each save records in its metadata
+(key ``_integrity``) a SHA-256 digest of every array leaf (dtype, shape, bytes) and of the metadata;
+each restore checks them and falls back to the newest checkpoint that verifies (one without digests
+restores unverified, with a warning; docs/usage.md).
 """
 
 from __future__ import annotations
@@ -36,8 +28,7 @@ _ALGORITHM = "sha256"
 
 
 class CheckpointError(RuntimeError):
-  """A checkpoint is missing, incomplete, unreadable or fails its digests; the message names the
-  directory."""
+  """A checkpoint is missing, incomplete, unreadable or fails its digests (names the directory)."""
 
 
 def leaf_name(path) -> str:
@@ -76,11 +67,8 @@ def _parallel(fn, arrays: list) -> list:
 
 
 def tree_digests(tree) -> dict:
-  """``{leaf name: hex digest}``: SHA-256 over each leaf's dtype, shape and bytes (C order).
-
-  Args:
-    tree: a pytree of arrays (device or host; sharded leaves are gathered to host).
-  """
+  """``{leaf name: hex SHA-256 of dtype, shape, C-order bytes}`` of a pytree of arrays (device or
+  host; sharded leaves gathered)."""
   leaves = host_leaves(tree)
   return dict(zip([n for n, _ in leaves], _parallel(_array_digest, [a for _, a in leaves])))
 
@@ -96,9 +84,8 @@ def _meta_digest(meta: dict) -> str:
 
 
 def _one_line(e: BaseException, limit: int = 200) -> str:
-  """``'Type: message'`` of the innermost cause of ``e``, on one line of at most ``limit``
-  characters: a longer one keeps its start and its end (TensorStore nests the cause last and
-  appends a multi-line spec, dropped here; ``CERP_TRACEBACK=1`` shows all of it)."""
+  """``'Type: message'`` of the innermost cause of ``e`` on one line of ≤ ``limit`` characters
+  (start and end kept; TensorStore's appended spec dropped)."""
   while (e.__cause__ or e.__context__) is not None:
     e = e.__cause__ or e.__context__
   first = next((l for l in str(e).splitlines() if l.strip()), "")
@@ -112,10 +99,8 @@ def _one_line(e: BaseException, limit: int = 200) -> str:
 
 
 def _quiet_closed_loop_errors() -> None:
-  """After a failed restore, TensorStore's pending reads call back into orbax's closed event loop;
-  Python reports each as an unraisable ``RuntimeError: Event loop is closed`` with its traceback
-  (dozens of lines for one damaged checkpoint). Installs, once, an ``sys.unraisablehook`` that drops
-  exactly those (``CERP_TRACEBACK=1`` keeps them); everything else goes to the previous hook."""
+  """Installs once a ``sys.unraisablehook`` dropping the ``RuntimeError: Event loop is closed``
+  reports of a failed restore's pending reads (``CERP_TRACEBACK=1`` keeps them)."""
   previous = sys.unraisablehook
   if getattr(previous, "cerp_quiet", False) or os.environ.get("CERP_TRACEBACK"):
     return
@@ -130,11 +115,8 @@ def _quiet_closed_loop_errors() -> None:
 
 
 class CheckpointStore:
-  """Numbered checkpoints under ``directory`` holding items ``state``, ``best`` (optional), ``meta``.
-
-  Args:
-    directory: folder (created).
-    max_to_keep: how many numbered checkpoints to keep.
+  """Numbered checkpoints under ``directory`` (created; ``max_to_keep`` kept) holding items
+  ``state``, ``best`` (optional) and ``meta``.
 
   Attributes:
     last_good: number of the checkpoint last saved or restored (verified), or None.
@@ -156,12 +138,8 @@ class CheckpointStore:
     return self._mngr.latest_step()
 
   def save(self, state: Any, meta: dict, best: Any = None) -> int:
-    """Saves checkpoint ``latest + 1`` with the digests of its arrays and metadata; returns it.
-
-    Args:
-      state: the train state pytree.
-      meta: JSON-serialisable dict (its key ``_integrity`` is reserved).
-      best: optional pytree (the selected parameters of stage 2).
+    """Saves pytrees ``state`` and ``best`` (optional) and JSON ``meta`` (key ``_integrity``
+    reserved) with their digests as checkpoint ``latest + 1``; returns its number.
 
     Raises:
       CheckpointError: a float array of ``state`` or ``best`` holds NaN/Inf (nothing is written).
@@ -201,20 +179,12 @@ class CheckpointStore:
     return os.path.isdir(os.path.join(self.directory, str(k), item))
 
   def _restore_verified(self, n: Optional[int], args_fn, wanted: tuple, what: str):
-    """Restores checkpoint ``n``, or (``n=None``) the newest one that reads and verifies.
-
-    Args:
-      n: a checkpoint number, or None.
-      args_fn: ``k -> ocp.args.Composite`` for checkpoint ``k``.
-      wanted: the array items the caller needs verified when present (``'state'``, ``'best'``).
-      what: for the error message (``'the train state'``).
-
-    Returns:
-      (orbax Composite, metadata dict without its digests). Sets :attr:`last_restore`.
+    """(orbax Composite, metadata without digests) of checkpoint ``n``, or of the newest that reads
+    and verifies (``n=None``), restored with ``args_fn(k)``; ``wanted`` items must verify when
+    recorded; ``what`` names them in errors. Sets :attr:`last_restore`.
 
     Raises:
-      CheckpointError: no candidate reads and verifies; the message names the directory and why
-        each candidate failed (``CERP_TRACEBACK=1`` shows the last underlying exception).
+      CheckpointError: no candidate reads and verifies (names the directory and each reason).
     """
     candidates, skipped, cause = self._candidates(n), [], None
     for k in candidates:
@@ -250,22 +220,20 @@ class CheckpointStore:
     return out, meta
 
   def restore_meta(self, n: Optional[int] = None) -> dict:
-    """The JSON metadata of checkpoint ``n`` (default: the newest whose metadata reads and verifies;
-    the arrays are not checked)."""
+    """JSON metadata of checkpoint ``n`` (default: the newest whose metadata verifies; arrays
+    unchecked)."""
     _, meta = self._restore_verified(
         n, lambda k: ocp.args.Composite(meta=ocp.args.JsonRestore()), (), "metadata")
     return meta
 
   def restore(self, like_state: Any, like_best: Any = None, n: Optional[int] = None):
-    """Restores ``(state, meta, best)`` with the structure of ``like_state``/``like_best``.
-
-    ``n=None`` takes the newest checkpoint that reads and whose digests match (damaged newer ones
-    are skipped with a one-line warning; :attr:`last_restore` says which and why). ``best`` is None
-    when ``like_best`` is None or the restored checkpoint holds no ``best`` item.
+    """``(state, meta, best)`` shaped like ``like_state``/``like_best`` from checkpoint ``n``
+    (default: the newest that verifies, newer damaged ones skipped with a warning). ``best`` is
+    None without ``like_best`` or a stored ``best``.
 
     Raises:
-      CheckpointError: none there, or every candidate is incomplete, corrupt (unreadable or failing
-        its digests) or of another structure.
+      CheckpointError: none there, or every candidate is incomplete, corrupt or of another
+        structure.
     """
     abstract = lambda t: jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, t)
 
@@ -281,9 +249,8 @@ class CheckpointStore:
     return out["state"], meta, out.get("best") if like_best is not None else None
 
   def quarantine_skipped(self) -> list:
-    """Moves the checkpoints the last restore skipped to ``<directory>.damaged/<n>`` and returns
-    their new paths, so a resumed run's next save neither keeps a damaged one nor rotates out the
-    good one it resumed from (kept for inspection; nothing is deleted)."""
+    """Moves the checkpoints the last restore skipped to ``<directory>.damaged/<n>`` (nothing is
+    deleted) and returns their new paths."""
     moved = []
     for s in (self.last_restore or {}).get("skipped", []):
       src = os.path.join(self.directory, str(s["checkpoint"]))
@@ -302,9 +269,9 @@ class CheckpointStore:
 
 
 def _verify(out, meta: dict, wanted: tuple) -> tuple:
-  """``(problem or None, verified)`` for a restored Composite ``out`` and its metadata ``meta``:
-  the metadata digest, then every restored array item's leaf digests; an item in ``wanted`` whose
-  digests were recorded must have been restored. No recorded digests: ``(None, False)``."""
+  """``(problem or None, verified)`` of a restored Composite and its metadata: metadata digest,
+  every restored item's leaf digests, recorded ``wanted`` items present; no digests: (None,
+  False)."""
   record = meta.get(_INTEGRITY)
   if record is None:
     return None, False

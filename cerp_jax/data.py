@@ -1,24 +1,23 @@
-"""Interaction data: readers, validation, splits.
+"""Interaction data: counts, validation, splits, and the one loader every entry point calls.
 
-Every dataset ends up as an :class:`Interactions`: user × item CSR matrices (``scipy.sparse``) for the
-train, validation and test splits, plus the user and item counts. Users and items share one entity-id
-space downstream (item ``i`` is entity ``num_users + i``, spec §1); here ids are kept per type.
+:func:`load_interactions` turns ``config.data`` into an :class:`Interactions`: user × item CSR
+matrices (``scipy.sparse``) for the train, validation and test splits, plus the user and item
+counts. Users and items share one entity-id space downstream (item ``i`` is entity
+``num_users + i``); here ids are kept per type. Files are read by :mod:`cerp_jax.readers` (LightGCN
+text, MovieLens-100K ``u.data``), or through TFDS (:mod:`cerp_jax.tfds_builder`) when
+``config.data.loader = 'tfds'``.
 
-Formats:
-  * LightGCN text (``train.txt`` / ``test.txt``): one line per user, ``user item item …``, 0-based ids,
-    a line may hold a user with no items (Gowalla, Amazon-Book, ML-1M m1; spec §6).
-  * MovieLens-100K raw ``u.data``: ``user<TAB>item<TAB>rating<TAB>timestamp``, 1-based ids; every
-    rating is an implicit interaction; a seeded per-user 80/20 train/test split (DECISIONS.md, Data).
-
-Counts (DECISIONS.md, Data): from ``user_list.txt``/``item_list.txt`` when present, else the config's
-``num_users``/``num_items`` when set (> 0), else max id + 1 over all splits. Ids at or beyond the count
-are errors. Duplicate (user, item) pairs inside one file are de-duplicated with a warning that names the
-file and the first duplicate's line (the LightGCN loaders silently keep them; a duplicate positive would
-count twice in Recall's denominator, so we drop it). A pair present in two splits is an error.
+Counts: from ``user_list.txt``/``item_list.txt`` when present, else the config's
+``num_users``/``num_items`` when set (> 0), else max id + 1 over all splits. Ids at or beyond the
+count are errors. Duplicate (user, item) pairs inside one file are de-duplicated with a warning that
+names the file and the first duplicate's line (the authors' loaders keep them, and a duplicate
+positive would count twice in Recall's denominator). A pair present in two splits is an error.
+MovieLens-100K has no test file: a seeded per-user split holds out ``config.data.test_fraction``.
 
 Limits, checked before any array is sized by a count: a count from max id + 1 may be at most
-``max(PLAUSIBLE_FLOOR, PLAUSIBLE_FACTOR × distinct ids)`` (a larger id is taken for a typo), and users
-+ items at most :data:`MAX_ENTITIES`. Messages show ids as the file has them (1-based in ``u.data``).
+``max(PLAUSIBLE_FLOOR, PLAUSIBLE_FACTOR × distinct ids)`` (a larger id is taken for a typo), and
+users + items at most :data:`MAX_ENTITIES`. Messages show ids as the file has them (1-based in
+``u.data``).
 """
 
 from __future__ import annotations
@@ -32,13 +31,19 @@ from absl import logging
 import numpy as np
 import scipy.sparse as sp
 
+from cerp_jax import readers
+
 # Default data root: ``../shared/data`` beside the repository root.
 _REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = _REPO_ROOT.parent / "shared" / "data"
 
 
-class DataError(ValueError):
-  """Malformed or inconsistent input data. The message names the file, line and value."""
+# The readers' names, re-exported: every data path raises the same DataError.
+DataError = readers.DataError
+Pairs = readers.Pairs
+read_lightgcn_file = readers.read_lightgcn_file
+read_movielens_100k = readers.read_movielens_100k
+load_lightgcn = readers.load_lightgcn
 
 
 def data_root(config_root: Optional[str] = None) -> pathlib.Path:
@@ -85,152 +90,6 @@ class Interactions:
             f"{no_train_items} items have no training interaction")
 
 
-# ----------------------------------------------------------------------------------------------
-# Reading
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Pairs:
-  """(user, item) pairs read from one file, with the 1-based line each came from.
-
-  Ids are 0-based; ``id_base`` is the file's first id (1 for ``u.data``), so that messages show an
-  id as the file has it (``id + id_base``).
-  """
-
-  path: str
-  users: np.ndarray  # [n] int64
-  items: np.ndarray  # [n] int64
-  lines: np.ndarray  # [n] int64, 1-based line numbers
-  num_lines: int
-  id_base: int = 0
-
-
-def read_lightgcn_file(path: os.PathLike | str) -> Pairs:
-  """Reads one LightGCN-format file (``user item item …`` per line, 0-based ids).
-
-  Args:
-    path: the file.
-
-  Returns:
-    Pairs with ``users``, ``items`` int64 ``[n]`` and 1-based ``lines``.
-
-  Raises:
-    DataError: missing or empty file, a non-integer token, bytes that are not UTF-8, a negative id
-      (message names file, line, token).
-  """
-  path = str(path)
-  if not os.path.exists(path):
-    raise DataError(f"{path}: file not found")
-  users, items, lines = [], [], []
-  num_lines = 0
-  with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
-    for lineno, line in enumerate(f, start=1):
-      num_lines = lineno
-      tokens = line.split()
-      if not tokens:
-        continue
-      try:
-        ids = np.array([int(t) for t in tokens], dtype=np.int64)
-      except ValueError:
-        bad = next(t for t in tokens if not _is_int(t))
-        _raise_if_not_utf8(path, lineno, bad)
-        raise DataError(f"{path}:{lineno}: non-integer token {bad!r}") from None
-      except OverflowError:
-        bad = next(t for t in tokens if abs(int(t)) > np.iinfo(np.int64).max)
-        raise DataError(f"{path}:{lineno}: id {bad} is beyond any id count (int64)") from None
-      if (ids < 0).any():
-        bad = int(ids[ids < 0][0])
-        raise DataError(f"{path}:{lineno}: negative id {bad}")
-      n = len(ids) - 1
-      users.append(np.full(n, ids[0], dtype=np.int64))
-      items.append(ids[1:])
-      lines.append(np.full(n, lineno, dtype=np.int64))
-  if num_lines == 0:
-    raise DataError(f"{path}: empty file")
-  cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)
-  return Pairs(path, cat(users), cat(items), cat(lines), num_lines)
-
-
-def read_movielens_100k(path: os.PathLike | str) -> Pairs:
-  """Reads MovieLens-100K raw ``u.data`` (tab-separated ``user item rating timestamp``, 1-based).
-
-  Every rating counts as an implicit interaction. Ids are shifted to 0-based (``id_base`` = 1, so
-  messages downstream show the file's 1-based ids); ``lines`` are file lines, blank lines included.
-
-  Raises:
-    DataError: missing/empty file, a line without 4 integer fields, bytes that are not UTF-8, an id
-      < 1 (names file, line, value).
-  """
-  path = str(path)
-  if not os.path.exists(path):
-    raise DataError(f"{path}: file not found")
-  users, items, lines = [], [], []
-  num_lines = 0
-  with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
-    for lineno, line in enumerate(f, start=1):
-      num_lines = lineno
-      if not line.strip():
-        continue
-      fields = line.rstrip("\n").split("\t")
-      if len(fields) != 4:
-        _raise_if_not_utf8(path, lineno, line)
-        raise DataError(f"{path}:{lineno}: expected 4 tab-separated fields, got {len(fields)}: "
-                        f"{line.strip()!r}")
-      for tok in fields:
-        if not _is_int(tok):
-          _raise_if_not_utf8(path, lineno, tok)
-          raise DataError(f"{path}:{lineno}: non-integer token {tok!r}")
-      u, i = int(fields[0]), int(fields[1])
-      for name, v in (("user", u), ("item", i)):
-        if v < 1:
-          raise DataError(f"{path}:{lineno}: {name} id {v} < 1 (u.data ids are 1-based)")
-        if v > np.iinfo(np.int64).max:
-          raise DataError(f"{path}:{lineno}: {name} id {v} is beyond any id count (int64)")
-      users.append(u - 1)
-      items.append(i - 1)
-      lines.append(lineno)
-  if not users:
-    raise DataError(f"{path}: empty file")
-  return Pairs(path, np.asarray(users, np.int64), np.asarray(items, np.int64),
-               np.asarray(lines, np.int64), num_lines, id_base=1)
-
-
-def _is_int(token: str) -> bool:
-  try:
-    int(token)
-    return True
-  except ValueError:
-    return False
-
-
-def _raise_if_not_utf8(path: str, lineno: int, text: str) -> None:
-  """Raises DataError naming file, line and raw bytes when ``text`` holds bytes that are not UTF-8.
-
-  ``text`` was read with ``errors="surrogateescape"``, which keeps such bytes as lone surrogates.
-  """
-  raw = text.strip().encode("utf-8", "surrogateescape")
-  try:
-    raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    raise DataError(f"{path}:{lineno}: {raw!r} is not UTF-8 text (byte 0x{raw[e.start]:02x})"
-                    ) from None
-
-
-def _count_from_list(path: pathlib.Path) -> Optional[int]:
-  """Number of entries in a LightGCN ``user_list.txt``/``item_list.txt`` (header line excluded).
-
-  Only non-blank lines are counted; their text (original ids, any encoding) is not interpreted.
-  """
-  if not path.exists():
-    return None
-  with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
-    n = sum(1 for line in f if line.strip())
-  return max(n - 1, 0)
-
-
-# Where a count comes from when neither a list file nor the config gives it.
-_FROM_MAX = "max id + 1"
 # Largest number of entities (users + items): entity ids are int32 downstream.
 MAX_ENTITIES = 2**31 - 1
 # A count from max id + 1 may be at most max(PLAUSIBLE_FLOOR, PLAUSIBLE_FACTOR × distinct ids seen);
@@ -252,7 +111,7 @@ def _check_counts(splits: Sequence[Pairs], num_users: int, num_items: int, sourc
       their sources for too many entities.
   """
   for name, count in (("user", num_users), ("item", num_items)):
-    if source[name] != _FROM_MAX or count <= PLAUSIBLE_FLOOR:
+    if source[name] != readers.FROM_MAX or count <= PLAUSIBLE_FLOOR:
       continue
     ids = [getattr(p, name + "s") for p in splits]
     distinct = int(np.unique(np.concatenate(ids)).size)
@@ -365,43 +224,42 @@ def split_per_user(m: sp.csr_matrix, fraction: float, seed: int, min_items: int,
 # ----------------------------------------------------------------------------------------------
 
 
-def load_lightgcn(directory: os.PathLike | str, name: str = "", num_users: int = 0,
-                  num_items: int = 0) -> tuple[Pairs, Pairs, int, int, str]:
-  """Reads ``train.txt``/``test.txt`` of a LightGCN-format folder and settles the counts.
-
-  Returns:
-    (train_pairs, test_pairs, num_users, num_items, source) with ``source`` =
-    ``{'user': where the user count came from, 'item': …}``. Nothing is sized by the counts here;
-    :func:`load_interactions` checks the ids against them.
-
-  Raises:
-    DataError: see :func:`read_lightgcn_file`; an empty train or test split.
-  """
-  directory = pathlib.Path(directory)
-  train = read_lightgcn_file(directory / "train.txt")
-  test = read_lightgcn_file(directory / "test.txt")
-  for p in (train, test):
-    if p.users.size == 0:
-      raise DataError(f"{p.path}: no (user, item) pairs (empty split)")
-  nu_list = _count_from_list(directory / "user_list.txt")
-  ni_list = _count_from_list(directory / "item_list.txt")
-  max_u = int(max(train.users.max(), test.users.max())) + 1
-  max_i = int(max(train.items.max(), test.items.max())) + 1
-  nu, su = _settle(nu_list, num_users, max_u, directory / "user_list.txt")
-  ni, si = _settle(ni_list, num_items, max_i, directory / "item_list.txt")
-  return train, test, nu, ni, {"user": su, "item": si}
+def _lightgcn_splits(dc, directory: pathlib.Path):
+  """(train ``[U, I]`` CSR, test CSR, U, I) of a LightGCN folder, read by the loader ``dc.loader``
+  names: 'tfds' (:func:`cerp_jax.tfds_builder.load_pairs`), else the text reader."""
+  counts = dict(num_users=dc.get("num_users", 0), num_items=dc.get("num_items", 0))
+  if dc.get("loader", "text") == "tfds":
+    # tensorflow_datasets is heavy: imported only when a config asks for it.
+    from cerp_jax import tfds_builder  # pylint: disable=g-import-not-at-top
+    train_pairs, test_pairs, nu, ni, source = tfds_builder.load_pairs(
+        directory, name=dc.name, tfds_data_dir=dc.get("tfds_data_dir") or None, **counts)
+  else:
+    train_pairs, test_pairs, nu, ni, source = readers.load_lightgcn(directory, dc.name, **counts)
+  _check_counts((train_pairs, test_pairs), nu, ni, source)
+  for p in (train_pairs, test_pairs):
+    _check_range(p, nu, ni, source)
+  train = _to_csr(train_pairs, nu, ni)
+  test = _to_csr(test_pairs, nu, ni)
+  _check_disjoint(train, test, train_pairs.path, test_pairs.path, test_pairs)
+  return train, test, nu, ni
 
 
-def _settle(from_list, from_config, from_max, list_path):
-  if from_list:
-    return from_list, str(list_path)
-  if from_config and from_config > 0:
-    return from_config, "the config"
-  return from_max, _FROM_MAX
+def _ml100k_splits(dc, directory: pathlib.Path):
+  """(train ``[U, I]`` CSR, test CSR, U, I) of MovieLens-100K's ``u.data``, split per user."""
+  pairs = readers.read_movielens_100k(directory / "u.data")
+  nu = dc.get("num_users", 0) or int(pairs.users.max()) + 1
+  ni = dc.get("num_items", 0) or int(pairs.items.max()) + 1
+  source = {"user": "the config" if dc.get("num_users", 0) else readers.FROM_MAX,
+            "item": "the config" if dc.get("num_items", 0) else readers.FROM_MAX}
+  _check_counts((pairs,), nu, ni, source)
+  _check_range(pairs, nu, ni, source)
+  full = _to_csr(pairs, nu, ni)
+  train, test = split_per_user(full, dc.test_fraction, dc.split_seed, min_items=2)
+  return train, test, nu, ni
 
 
 def load_interactions(config) -> Interactions:
-  """Builds the :class:`Interactions` a config asks for.
+  """Builds the :class:`Interactions` a config asks for: the one entry point for every loader.
 
   Config fields (``config.data``): ``format`` ('lightgcn' | 'ml100k'), ``path`` (folder under the
   data root, or absolute), ``root``, ``loader`` ('text' | 'tfds'), ``num_users``/``num_items`` (0 =
@@ -421,30 +279,9 @@ def load_interactions(config) -> Interactions:
   if not directory.is_absolute():
     directory = root / directory
   if dc.format == "lightgcn":
-    if dc.get("loader", "text") == "tfds":
-      from cerp_jax import tfds_builder  # pylint: disable=g-import-not-at-top
-      train_pairs, test_pairs, nu, ni, source = tfds_builder.load_pairs(
-          directory, name=dc.name, tfds_data_dir=dc.get("tfds_data_dir") or None,
-          num_users=dc.get("num_users", 0), num_items=dc.get("num_items", 0))
-    else:
-      train_pairs, test_pairs, nu, ni, source = load_lightgcn(
-          directory, dc.name, dc.get("num_users", 0), dc.get("num_items", 0))
-    _check_counts((train_pairs, test_pairs), nu, ni, source)
-    for p in (train_pairs, test_pairs):
-      _check_range(p, nu, ni, source)
-    train = _to_csr(train_pairs, nu, ni)
-    test = _to_csr(test_pairs, nu, ni)
-    _check_disjoint(train, test, train_pairs.path, test_pairs.path, test_pairs)
+    train, test, nu, ni = _lightgcn_splits(dc, directory)
   elif dc.format == "ml100k":
-    pairs = read_movielens_100k(directory / "u.data")
-    nu = dc.get("num_users", 0) or int(pairs.users.max()) + 1
-    ni = dc.get("num_items", 0) or int(pairs.items.max()) + 1
-    source = {"user": "the config" if dc.get("num_users", 0) else _FROM_MAX,
-              "item": "the config" if dc.get("num_items", 0) else _FROM_MAX}
-    _check_counts((pairs,), nu, ni, source)
-    _check_range(pairs, nu, ni, source)
-    full = _to_csr(pairs, nu, ni)
-    train, test = split_per_user(full, dc.test_fraction, dc.split_seed, min_items=2)
+    train, test, nu, ni = _ml100k_splits(dc, directory)
   else:
     raise ValueError(f"config.data.format={dc.format!r}: expected 'lightgcn' or 'ml100k'")
   _check_disjoint(train, test, "train", "test")

@@ -1,6 +1,6 @@
 """Embeddings behind one interface: CERP (compositional, soft-threshold pruned) and the full table.
 
-Every embedding is a ``flax.linen`` module with the same face (DESIGN.md):
+Every embedding is a ``flax.linen`` module with the same face:
 
 * ``__call__(ids)``: ``[n] int32`` entity ids (users ``0..U-1``, items ``U..U+I-1``) → ``[n, out_dim]``
   float32 composed vectors;
@@ -10,6 +10,9 @@ Every embedding is a ``flax.linen`` module with the same face (DESIGN.md):
 
 Modes: ``'prune'`` (stage 1: learnable soft thresholds), ``'retrain'`` (stage 2: fixed 0/1 masks from a
 ``'masks'`` variable collection, no thresholds), ``'dense'`` (no pruning at all).
+
+The baselines (QR, hashing, PEP) implement the same face in :mod:`cerp_jax.baselines`;
+:func:`cerp_jax.models.make_embedding` builds the one a config names.
 """
 
 from __future__ import annotations
@@ -20,7 +23,6 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 PRUNE, RETRAIN, DENSE = "prune", "retrain", "dense"
 
@@ -30,12 +32,12 @@ class BucketSizeError(ValueError):
 
 
 def quotient_divisor(num_entities: int, bucket_size: int) -> int:
-  """c = ceil(N / b), the divisor of the quotient index (spec §1)."""
+  """c = ceil(N / b), the divisor of the quotient index."""
   return -(-num_entities // bucket_size)
 
 
 def smallest_valid_bucket_size(num_entities: int) -> int:
-  """Smallest b with ceil(N/b) ≤ b, i.e. unique (q, r) pairs for all N entities (spec §1, §9.8)."""
+  """Smallest b with ceil(N/b) ≤ b, i.e. unique (q, r) pairs for all N entities."""
   b = max(1, math.isqrt(max(num_entities - 1, 0)))
   while quotient_divisor(num_entities, b) > b:
     b += 1
@@ -47,7 +49,7 @@ def smallest_valid_bucket_size(num_entities: int) -> int:
 def check_bucket_size(num_entities: int, bucket_size: int) -> None:
   """Refuses a bucket size whose (quotient, remainder) pairs collide.
 
-  With r = id mod b and q = id div c, c = ceil(N/b), the pairs are unique iff c ≤ b (spec §1).
+  With r = id mod b and q = id div c, c = ceil(N/b), the pairs are unique iff c ≤ b.
 
   Raises:
     BucketSizeError: naming the smallest valid b.
@@ -63,7 +65,7 @@ def check_bucket_size(num_entities: int, bucket_size: int) -> None:
 
 
 def cerp_indices(ids: jax.Array, num_entities: int, bucket_size: int) -> tuple[jax.Array, jax.Array]:
-  """Remainder and quotient indices of entity ids (spec §1).
+  """Remainder and quotient indices of entity ids (CERP's complementary partitions).
 
   Args:
     ids: ``[...] int32`` entity ids in ``[0, N)``.
@@ -76,7 +78,7 @@ def cerp_indices(ids: jax.Array, num_entities: int, bucket_size: int) -> tuple[j
 
 
 def soft_threshold(w: jax.Array, s: jax.Array, gk: float = 1.0) -> jax.Array:
-  """Soft thresholding ``sign(w) ⊙ relu(|w| − gk·sigmoid(s))`` (spec §2; PEP).
+  """Soft thresholding ``sign(w) ⊙ relu(|w| − gk·sigmoid(s))`` (CERP and PEP).
 
   Entries with ``|w| ≤ gk·σ(s)`` become exactly 0 and then get zero gradient to both w and s;
   survivors are shrunk by the threshold. Plain autodiff, no straight-through estimator.
@@ -85,7 +87,7 @@ def soft_threshold(w: jax.Array, s: jax.Array, gk: float = 1.0) -> jax.Array:
     w: weights, any shape, float32.
     s: threshold logits, broadcastable to ``w``.
     gk: threshold multiplier (1 in the original's stage 1; ``1 + step/prune.gk_ramp_steps`` under
-      the NCF-MLP ``:fast`` preset, :func:`threshold_multiplier`).
+      the NCF-MLP ``:fast`` preset, :func:`cerp_jax.train.threshold_multiplier`).
   """
   return jnp.sign(w) * jax.nn.relu(jnp.abs(w) - gk * jax.nn.sigmoid(s))
 
@@ -95,12 +97,12 @@ SCHEDULE = "schedule"  # variable collection of per-step values the train step s
 
 def threshold_multiplier(module: nn.Module) -> jax.Array:
   """The threshold multiplier ``gk`` of this forward: the ``'schedule'`` collection's ``gk`` when
-  the train step supplies one (``prune.gk_ramp_steps > 0``), else 1 (the original, spec §2)."""
+  the train step supplies one (``prune.gk_ramp_steps > 0``), else 1 (the original)."""
   return module.get_variable(SCHEDULE, "gk", 1.0)
 
 
 def _threshold_init(method: str, value: float) -> Callable:
-  """Threshold initialiser (spec §2): ``all_ones`` fills ``value``; random methods draw, min-max
+  """Threshold initialiser: ``all_ones`` fills ``value``; random methods draw, min-max
   scale each row to [0, 1] and multiply by ``value`` (so the result lies in [value, 0])."""
 
   def init(key, shape, dtype=jnp.float32):
@@ -144,7 +146,7 @@ class TableEmbedding(nn.Module):
 
 
 class CERPEmbedding(TableEmbedding):
-  """CERP compositional embedding: two meta-embedding tables P, Q of shape ``[b, d]`` (spec §1–2).
+  """CERP compositional embedding: two meta-embedding tables P, Q of shape ``[b, d]``.
 
   Entity ``id`` gets ``P̂[id mod b] + Q̂[id div ceil(N/b)]`` (``combine='sum'``, the paper's method)
   or their concatenation (``'concat'``, out_dim 2d). In ``'prune'`` mode ``P̂, Q̂`` are soft-thresholded
@@ -281,12 +283,15 @@ def prunes(embedding: str) -> bool:
 
 
 def resolved_threshold_init(config) -> float:
-  """The CERP threshold init a config asks for.
+  """The CERP threshold logit init a config asks for.
 
   ``model.threshold_init_scale > 0`` (the ``:fast`` preset) replaces ``model.threshold_init`` by
-  ``logit(scale · a)`` with ``a = sqrt(6/(b + d))`` the Xavier bound of P and Q, i.e. thresholds that
-  start where the faithful run's (rising ≈ 1e-3 per step from −100) begin to prune, skipping its
-  ~90 k idle steps. Otherwise ``model.threshold_init`` (−100, spec §2).
+  ``logit(scale · a)`` with ``a = sqrt(6/(b + d))`` the Xavier bound of P and Q, so that the
+  thresholds ``σ(s) = scale · a`` start where pruning begins. Otherwise ``model.threshold_init``
+  (−100 in the original).
+
+  Raises:
+    ValueError: ``scale · a`` is not in (0, 1).
   """
   mc = config.model
   scale = mc.get("threshold_init_scale", 0.0)
@@ -297,27 +302,3 @@ def resolved_threshold_init(config) -> float:
                      "(0, 1)")
   p = scale * math.sqrt(6.0 / (mc.bucket_size + mc.dim))
   return float(math.log(p / (1 - p)))
-
-
-def make_embedding(config, num_entities: int, mode: str) -> nn.Module:
-  """The embedding module a config asks for (``config.model.embedding``: one of ``EMBEDDINGS``).
-
-  'qr', 'hash' and 'pep' live in :mod:`cerp_jax.baselines`.
-  """
-  mc = config.model
-  if mc.embedding in ("qr", "hash", "pep"):
-    from cerp_jax import baselines  # pylint: disable=g-import-not-at-top (baselines imports us)
-    return baselines.make_baseline(config, num_entities, mode)
-  if mc.embedding == "cerp":
-    return CERPEmbedding(num_entities=num_entities, bucket_size=mc.bucket_size, features=mc.dim,
-                         mode=mode, threshold_type=mc.threshold_type,
-                         threshold_init=resolved_threshold_init(config),
-                         threshold_init_method=mc.threshold_init_method, combine=mc.combine)
-  if mc.embedding == "full":
-    return FullEmbedding(num_entities=num_entities, features=mc.dim, initializer=mc.full_init,
-                         init_std=mc.full_init_std)
-  raise ValueError(f"config.model.embedding={mc.embedding!r}: expected one of {EMBEDDINGS}")
-
-
-def numpy_tables(tables) -> dict[str, np.ndarray]:
-  return {k: np.asarray(v) for k, v in tables.items()}

@@ -1,22 +1,7 @@
-"""Full-ranking evaluation: Recall@K, NDCG@K, Precision@K, HitRate@K with training items masked.
+"""Full-ranking evaluation: Recall, NDCG, Precision, HitRate@K (docs/algorithm.md, Evaluation).
 
-Protocol (spec §6; DECISIONS.md, Metrics): every user with ≥ 1 held-out item is scored against all
-items; the user's training items (and validation items when scoring test) get score −∞; metrics are
-averaged over those users. Recall@K = |top-K ∩ held-out| / |held-out|; NDCG@K with binary gains,
-DCG = Σ_hits 1/log2(rank + 1) (rank 1-based), IDCG over min(K, |held-out|) hits; Precision@K = hits/K;
-HitRate@K = 1[hits > 0].
-
-Scoring and metrics run in one jitted function per user batch (fixed shapes: the last batch and the
-per-batch index lists are padded), with ``jax.lax.top_k``; in a single-process run two host threads
-keep two batches in flight, so one batch's single-threaded top-K (XLA CPU's runtime TopK
-partial-sorts each row) overlaps the next batch's multi-threaded scoring matmul (Gowalla MF, 2-core
-CPU: 6.3 → 4.95 s, benchmarks/run.py P2). Given a
-:class:`cerp_jax.sharding.ShardingPlan`, the users of each batch are split along the mesh's ``'data'``
-axis (the batch size is rounded up to a multiple of its size): scores under GSPMD, masking, top-K and
-metrics per user shard (:func:`sharded_batch_metrics`); items and tables stay as the plan placed them.
-A seeded user sample (``user_sample``) makes
-the NCF-MLP evaluation affordable on CPU; results then carry ``num_users_evaluated``, ``sampled`` and a
-95 % normal confidence half-width per metric.
+Users with ≥ 1 held-out item are ranked against all items, training items (and validation items,
+for test) at −∞; metrics are averaged over them. Jitted per padded user batch; two in flight.
 """
 
 from __future__ import annotations
@@ -42,11 +27,12 @@ def _pad_to(x: np.ndarray, n: int, fill: int) -> np.ndarray:
 
 def batch_metrics(scores: jax.Array, excl_r, excl_c, held_r, held_c, num_held,
                   ks: Sequence[int]) -> tuple[dict, jax.Array]:
-  """Per-user metrics of one user batch (jit-friendly).
+  """Per-user metrics of one batch (traceable): Recall = hits/|held|, NDCG with binary gains
+  (IDCG over min(K, |held|) hits), Precision = hits/K, HitRate = 1[hits > 0].
 
   Args:
     scores: ``[B, I]`` float32.
-    excl_r, excl_c: ``[E] int32`` (row-in-batch, item) pairs to mask with −∞; padding uses row ``B``.
+    excl_r, excl_c: ``[E] int32`` (row, item) pairs set to −∞; padding uses row ``B``.
     held_r, held_c: ``[H] int32`` held-out (row, item) pairs; padding uses row ``B``.
     num_held: ``[B] int32`` held-out count per row (0 for padded rows).
     ks: cut-offs.
@@ -77,17 +63,10 @@ def batch_metrics(scores: jax.Array, excl_r, excl_c, held_r, held_c, num_held,
 
 def sharded_batch_metrics(scores: jax.Array, excl_r, excl_c, held_r, held_c, num_held,
                           ks: Sequence[int], mesh: jax.sharding.Mesh) -> tuple[dict, jax.Array]:
-  """:func:`batch_metrics` with the rows (users) split along the mesh's ``'data'`` axis.
-
-  Each device masks, ranks (``lax.top_k``) and scores its own rows: the replicated (row, item) lists
-  are shifted to the device's rows and the others dropped. ``shard_map`` rather than GSPMD alone,
-  because XLA does not partition ``top_k`` on every backend (on CPU it gathers the full ``[B, I]``).
-
-  Args:
-    scores: ``[B, I]``, B a multiple of the data-axis size.
-    excl_r, excl_c, held_r, held_c, num_held, ks: as :func:`batch_metrics` (rows global).
-    mesh: the mesh (axes ``'data'`` and optionally ``'model'``, over which rows are replicated).
-  """
+  """:func:`batch_metrics` per shard of users along the mesh's ``'data'`` axis (``shard_map``:
+  XLA does not partition ``top_k`` on every backend). ``scores [B, I]``, B a multiple of the
+  data-axis size (replicated over ``'model'``); the index lists as :func:`batch_metrics`, global
+  rows, replicated. Returns as :func:`batch_metrics`, split by rows."""
 
   def local(s, er, ec, hr, hc, nh):
     b = s.shape[0]
@@ -109,20 +88,18 @@ class Evaluator:
 
   Args:
     data: the interactions.
-    split: 'valid' or 'test'. Scoring test masks train and validation items; valid masks train.
-    ks: cut-offs (default 5, 10, 20, 50).
-    batch_size: users per jitted batch.
-    user_sample: 0 for all users; else a seeded sample of that many users (sorted ids).
-    seed: sample seed.
-    plan: a :class:`cerp_jax.sharding.ShardingPlan` to split each batch's users across its devices
-      (None: one device, as before).
-    workers: host threads dispatching batches (None: 2 in a single-process run, 1 in a multi-process
-      one, where every process must issue its collectives in the same order). Results do not depend
-      on it. A plan over a single device is dropped (the same computation without ``shard_map``).
+    split: 'valid' (masks train items) or 'test' (masks train and validation items).
+    ks: cut-offs.
+    batch_size: users per jitted batch (rounded up to a multiple of the plan's data axis).
+    user_sample, seed: 0 for all users, else a sample of that many (sorted ids) drawn with seed.
+    plan: a :class:`cerp_jax.sharding.ShardingPlan` splitting each batch's users (None, or one
+      device: unsharded).
+    workers: host threads dispatching batches (None: 2 in one process, 1 in several); results do
+      not depend on it.
 
   Raises:
     DataError: the split has no held-out interaction.
-    ValueError: ``workers > 1`` in a multi-process run.
+    ValueError: bad ``split``, or ``workers > 1`` in a multi-process run.
   """
 
   def __init__(self, data: data_lib.Interactions, split: str, ks: Sequence[int] = (5, 10, 20, 50),
@@ -154,7 +131,7 @@ class Evaluator:
     self.batch_size = min(batch_size, users.size)
     if plan is not None:  # users split evenly along 'data' (padded users are dropped)
       self.batch_size = plan.padded_groups(self.batch_size)
-    self._batches = self._build_batches(held, exclude)
+    self.batches = self._build_batches(held, exclude)
     self._jitted: dict = {}
 
   def _build_batches(self, held: sp.csr_matrix, exclude: sp.csr_matrix):
@@ -206,15 +183,13 @@ class Evaluator:
 
   def evaluate(self, score_fn: Callable, args, return_topk: bool = False,
                progress: bool = False) -> dict:
-    """Evaluates ``score_fn(args, user_ids [B] int32) -> [B, I] float32`` scores.
-
-    ``score_fn`` must be a pure, traceable function (it is jitted once per function object; ``args``
-    is a pytree of arrays, e.g. parameters, so new parameters do not recompile).
+    """Evaluates a pure ``score_fn(args, users [B] int32) -> [B, I] float32`` (jitted once per
+    function object; ``args``, a pytree of arrays, is traced, so new parameters do not recompile).
 
     Returns:
-      dict with ``'{metric}@{k}'`` means, ``'{metric}@{k}_ci95'`` half-widths when sampled,
-      ``num_users_evaluated``, ``num_users_total``, ``sampled``, ``split``, ``seconds``; with
-      ``return_topk`` also ``'topk'``: ``[n_users, max(ks)] int32`` item ids and ``'users'``.
+      dict of ``'{metric}@{k}'`` means (float), ``'{metric}@{k}_ci95'`` 95 % half-widths when
+      sampled, ``num_users_evaluated``, ``num_users_total``, ``sampled``, ``split``, ``seconds``;
+      with ``return_topk`` also ``'topk' [n, max(ks)] int32`` item ids and ``'users' [n]``.
     """
     import time  # pylint: disable=g-import-not-at-top
     fn = self._fn(score_fn)
@@ -230,12 +205,12 @@ class Evaluator:
     if self.workers > 1:
       from concurrent.futures import ThreadPoolExecutor  # pylint: disable=g-import-not-at-top
       pool = ThreadPoolExecutor(self.workers)
-      results = pool.map(one, self._batches)  # in batch order
+      results = pool.map(one, self.batches)  # in batch order
     else:
-      pool, results = None, map(one, self._batches)
+      pool, results = None, map(one, self.batches)
     if progress:
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
-      results = tqdm(results, total=len(self._batches), desc=f"eval/{self.split}", leave=False,
+      results = tqdm(results, total=len(self.batches), desc=f"eval/{self.split}", leave=False,
                      disable=None)  # None: no bar unless stderr is a terminal
     try:
       for m, top in results:
@@ -271,7 +246,8 @@ def describe(result: dict) -> str:
       parts.append(s)
   who = (f"{result['num_users_evaluated']}/{result['num_users_total']} users, seeded sample"
          if result.get("sampled") else f"all {result['num_users_evaluated']} users")
-  return " ".join(parts) + f" ({result['split']}, {who}, {result['seconds']:.1f}s)"
+  took = f", {result['seconds']:.1f}s" if "seconds" in result else ""  # absent: from the history
+  return " ".join(parts) + f" ({result['split']}, {who}{took})"
 
 
 def most_popular_scores(train: sp.csr_matrix) -> np.ndarray:

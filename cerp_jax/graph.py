@@ -1,9 +1,9 @@
-"""The LightGCN propagation graph: Â = D^-1/2 A D^-1/2 of the user–item bipartite graph (spec §4.5).
+"""The LightGCN propagation graph: Â = D^-1/2 A D^-1/2 of the user–item bipartite graph.
 
-A is built from the **training** interactions only (never validation or test), has no self-loops, and
-is symmetric: user u ↔ item entity U + i for every training pair. Degrees count both directions, so
-Â[u, U+i] = 1 / sqrt(deg(u)·deg(i)); isolated nodes get degree 0 and an all-zero row (LightGCN-PyTorch
-sets their D^-1/2 to 0 as well).
+A is built from the **training** interactions only (never validation or test), has no self-loops,
+and is symmetric: user u ↔ item entity U + i for every training pair. Degrees count both
+directions, so Â[u, U+i] = 1 / sqrt(deg(u)·deg(i)); isolated nodes get degree 0 and an all-zero row
+(as in LightGCN-PyTorch, which sets their D^-1/2 to 0).
 """
 
 from __future__ import annotations
@@ -34,8 +34,13 @@ def normalized_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
 
 
 def graph_arrays(adj: sp.csr_matrix) -> dict:
-  """The device-side form: CSR arrays ``data [E] float32``, ``indices [E] int32``,
-  ``indptr [N+1] int32`` plus COO ``rows [E] int32`` (for segment-sum propagation)."""
+  """The device-side form of ``adj`` (``[N, N]`` CSR with E entries).
+
+  Returns:
+    CSR arrays ``data [E] float32``, ``indices [E] int32``, ``indptr [N+1] int32``, plus the COO
+    row ids ``rows [E] int32``: no propagation uses them, but LightGCN's ``'graph'`` variable
+    collection (:class:`cerp_jax.models.LightGCN`) declares them.
+  """
   rows = np.repeat(np.arange(adj.shape[0], dtype=np.int32), np.diff(adj.indptr))
   return {"data": adj.data.astype(np.float32), "indices": adj.indices.astype(np.int32),
           "indptr": adj.indptr.astype(np.int32), "rows": rows}

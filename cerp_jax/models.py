@@ -1,25 +1,36 @@
-"""Backbones (MF, NCF-style MLP) and the recommender that joins an embedding to a backbone.
+"""Backbones (MF, NCF-style MLP, LightGCN), the recommender that joins an embedding to a backbone,
+and its assembly from a config.
 
 A backbone never reads embedding parameters: it takes composed user and item vectors and returns
-scores (DESIGN.md). Two entry points per backbone:
+scores. Two entry points per backbone:
 
 * ``__call__(user_vecs [..., d], item_vecs [..., d], train, mask) -> [...]`` scores of paired rows;
 * ``score_matrix(user_vecs [B, d], item_vecs [I, d]) -> [B, I]`` for full ranking (eval mode).
+
+Assembly (used by training, evaluation, eval.py and the benchmarks alike): :func:`create_model`
+(with :func:`make_embedding` and :func:`make_backbone`), :func:`init_variables`,
+:func:`model_consts` (LightGCN's graph), :func:`model_variables`, and the evaluator's
+:func:`make_score_fn` and :func:`make_vectors_fn`.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.experimental import sparse as jsparse
 import numpy as np
 
+from cerp_jax import baselines
+from cerp_jax import embeddings as emb_lib
+from cerp_jax import graph as graph_lib
+
 
 class MF(nn.Module):
-  """Matrix factorisation: score = ⟨e_u, e_i⟩ (not in the original code; DECISIONS.md, Backbones)."""
+  """Matrix factorisation: score = ⟨e_u, e_i⟩ (the paper's code has no MF backbone)."""
 
   def __call__(self, user_vecs, item_vecs, train: bool = False, mask=None):
     del train, mask
@@ -40,7 +51,7 @@ def _torch_bias_init(fan_in: int):
 
 
 class NCFMLP(nn.Module):
-  """The paper's NCF-style MLP backbone (spec §4.4; torchfm ``MultiLayerPerceptron``).
+  """The paper's NCF-style MLP backbone (the authors' code: torchfm ``MultiLayerPerceptron``).
 
   ``x = [e_u ; e_i] / nnz(x)`` (the original divides the input by its own count of non-zero entries,
   with no gradient through the count; we use ``max(nnz, 1)`` so a fully pruned pair gives 0, never
@@ -141,12 +152,12 @@ symmetric_spmm.defvjp(_spmm_fwd, _spmm_bwd)
 
 
 class LightGCN(nn.Module):
-  """LightGCN (He et al., SIGIR 2020; spec §4.5): ``mean(E⁰, ÂE⁰, …, Â^L E⁰)``, score = dot product.
+  """LightGCN (He et al., SIGIR 2020): ``mean(E⁰, ÂE⁰, …, Â^L E⁰)``, score = dot product.
 
   The normalised adjacency Â (:mod:`cerp_jax.graph`, training interactions only) is not a parameter: it
   lives in the ``'graph'`` variable collection (arrays ``data``, ``indices``, ``indptr``, ``rows``), so
   the jitted step takes it as an argument. At ``init`` the collection holds zeros of the right shapes;
-  the caller puts the real graph in (``cerp_jax.train.model_consts``).
+  the caller puts the real graph in (:func:`model_consts`).
 
   Attributes:
     num_nodes: N = U + I.
@@ -229,7 +240,7 @@ class Recommender(nn.Module):
     tables = self.embedding.tables()
     mask = None if group_mask is None else jnp.broadcast_to(group_mask[:, None], (g, m))
     if getattr(self.backbone, "needs_all_entities", False):
-      # LightGCN: all N composed vectors feed layer 0 at every step (spec §4.5).
+      # LightGCN: all N composed vectors feed layer 0 at every step.
       all0 = self.embedding.compose(tables, jnp.arange(self.embedding.num_entities))
       out = self.backbone.propagate(all0)
       vecs, prop = all0[ids], out[ids]
@@ -254,3 +265,108 @@ class Recommender(nn.Module):
   def score_users(self, user_vecs, item_vecs):
     """``[B, out] × [I, out] → [B, I]`` full-ranking scores (eval mode)."""
     return self.backbone.score_matrix(user_vecs, item_vecs)
+
+
+# --------------------------------------------------------------------------------------------------
+# Assembly from a config
+# --------------------------------------------------------------------------------------------------
+
+
+def make_embedding(config, num_entities: int, mode: str) -> nn.Module:
+  """The embedding module ``config.model.embedding`` names (one of ``embeddings.EMBEDDINGS``).
+
+  Args:
+    config: a train.py config (``config.model``'s fields size the module).
+    num_entities: N = users + items.
+    mode: ``embeddings.PRUNE`` | ``RETRAIN`` | ``DENSE``.
+
+  Raises:
+    ValueError: an unknown embedding name or an invalid field value.
+    BucketSizeError: CERP's bucket size leaves two entities with the same (quotient, remainder).
+  """
+  mc = config.model
+  if mc.embedding in ("qr", "hash", "pep"):
+    return baselines.make_baseline(config, num_entities, mode)
+  if mc.embedding == "cerp":
+    return emb_lib.CERPEmbedding(num_entities=num_entities, bucket_size=mc.bucket_size,
+                                 features=mc.dim, mode=mode, threshold_type=mc.threshold_type,
+                                 threshold_init=emb_lib.resolved_threshold_init(config),
+                                 threshold_init_method=mc.threshold_init_method, combine=mc.combine)
+  if mc.embedding == "full":
+    return emb_lib.FullEmbedding(num_entities=num_entities, features=mc.dim,
+                                 initializer=mc.full_init, init_std=mc.full_init_std)
+  raise ValueError(f"config.model.embedding={mc.embedding!r}: expected one of "
+                   f"{emb_lib.EMBEDDINGS}")
+
+
+def create_model(config, data, mode: str) -> Recommender:
+  """The :class:`Recommender` of ``config.model`` over ``data``'s users and items.
+
+  Args:
+    config: a train.py config.
+    data: the :class:`cerp_jax.data.Interactions` (entity count; LightGCN's edge count from the
+      training split).
+    mode: the embedding's mode, ``embeddings.PRUNE`` | ``RETRAIN`` | ``DENSE``.
+  """
+  embedding = make_embedding(config, data.num_entities, mode)
+  backbone = make_backbone(config, num_nodes=data.num_entities, num_edges=2 * data.train.nnz)
+  return Recommender(embedding=embedding, backbone=backbone, num_users=data.num_users)
+
+
+_GRAPH_CACHE: dict = {}
+
+
+def model_consts(config, data) -> dict:
+  """Non-trainable, non-checkpointed variable collections: LightGCN's ``'graph'`` (Â from the
+  training split only) as device arrays; ``{}`` for other backbones."""
+  if config.model.backbone != "lightgcn":
+    return {}
+  key = (id(data.train), data.train.nnz)
+  if key not in _GRAPH_CACHE:
+    _GRAPH_CACHE.clear()
+    adj = graph_lib.normalized_adjacency(data.train)
+    _GRAPH_CACHE[key] = {k: jnp.asarray(v) for k, v in graph_lib.graph_arrays(adj).items()}
+  return {"graph": {"backbone": _GRAPH_CACHE[key]}}
+
+
+def init_variables(model: Recommender, seed: int, items_per_group: int) -> dict:
+  """Initial variables from ``jax.random.key(seed)``: the same seed gives the same backbone weights
+  (and step-0 tables) in both stages.
+
+  ``items_per_group`` (1 + negatives) sizes the dummy batch. The placeholder ``'graph'``
+  collection LightGCN creates at init is dropped (:func:`model_consts` supplies the real one).
+  """
+  users = jnp.zeros((2,), jnp.int32)
+  items = jnp.zeros((2, items_per_group), jnp.int32)
+  variables = flax.core.unfreeze(model.init(jax.random.key(seed), users, items, train=False))
+  variables.pop("graph", None)
+  return variables
+
+
+def model_variables(params, batch_stats, masks, consts=None) -> dict:
+  """The variables dict ``model.apply`` takes; empty collections are left out."""
+  v = {"params": params}
+  if batch_stats:
+    v["batch_stats"] = batch_stats
+  if masks:
+    v["masks"] = masks
+  if consts:
+    v.update(consts)
+  return v
+
+
+def make_score_fn(model: Recommender, num_users: int) -> Callable:
+  """Pure scorer ``((variables, entity_vectors [N, out_dim]), users [B] int32) -> [B, I]`` float32
+  scores of every item, for :class:`cerp_jax.evaluation.Evaluator`."""
+
+  def score_fn(args, users):
+    variables, vecs = args
+    return model.apply(variables, vecs[users], vecs[num_users:],
+                       method=Recommender.score_users)
+
+  return score_fn
+
+
+def make_vectors_fn(model: Recommender) -> Callable:
+  """Jitted ``variables -> [N, out_dim]`` float32 composed entity vectors (once per evaluation)."""
+  return jax.jit(lambda v: model.apply(v, method=Recommender.entity_vectors))

@@ -1,9 +1,9 @@
 """The ``.cerp`` packed-table file: what inference needs of an embedding, and nothing else.
 
 Packed bytes are the serialized size of everything needed to rebuild the tables at inference —
-values, indices/indptr or bitmap, shapes, the id layout — excluding thresholds. The budget solver
-(:mod:`cerp_jax.budget`) predicts this size exactly. Each table is stored in the smallest of three
-layouts:
+values, indices/indptr or bitmap, shapes, the id layout — excluding thresholds.
+:func:`packed_size` gives that size in closed form (the budget solver, :mod:`cerp_jax.budget`,
+sizes every method with it). Each table is stored in the smallest of three layouts:
 
 * ``dense``: values, row-major (no index overhead; wins when nothing is pruned);
 * ``csr``: non-zero values, column indices in the smallest unsigned dtype that holds ``cols − 1``,
@@ -27,223 +27,47 @@ File layout, version 02 (all integers little-endian)::
   payload               the raw arrays back to back
 
 The fixed part (prefix + meta) is ``FIXED_BYTES`` = 128 bytes whatever the values, and a directory
-entry costs ≈ 25 bytes plus its digits. CRC-32 guards against accidental damage (bit flips,
-truncation, torn copies): it catches every burst of ≤ 32 flipped bits and misses random damage
-with probability 2⁻³², costs 4 bytes of the budget, and runs at memory speed from the standard
-library; it is not tamper-proofing (a cryptographic digest would not be either without a key).
-Readers check the file size, the checksum, the meta, every directory entry and every table's
-structure (and its shape against the meta) before allocating more than a few times the file's size;
-each failure is one :class:`PackedFileError` naming the file and the field.
+entry costs ≈ 25 bytes plus its digits. The CRC-32 detects accidental damage (bit flips,
+truncation, torn copies); it is not tamper-proofing. Readers check the file size, the checksum, the
+meta, every directory entry and every table's structure (and its shape against the meta) before
+allocating more than a few times the file's size; each failure is one :class:`PackedFileError`
+naming the file and the field.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import struct
 import zlib
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import numpy as np
+
+from cerp_jax import packed_meta
 
 LAYOUTS = ("dense", "csr", "bitmap")
 VERSION = "02"
 MAGIC = b"CERPPK" + VERSION.encode()
 _MAGIC_STEM = b"CERPPK"
 _PREFIX = struct.Struct("<8sIQI")  # magic, directory bytes, payload bytes, CRC-32
-_META = struct.Struct("<8s16s8s8s8Q")
-FIXED_BYTES = _PREFIX.size + _META.size  # 128: prefix + meta, whatever the values
+FIXED_BYTES = _PREFIX.size + packed_meta.META_BYTES  # 128: prefix + meta, whatever the values
 
-METHODS = ("cerp", "full", "qr", "hash", "pep", "raw")  # 'raw': named tables without an id layout
-BACKBONES = ("mf", "mlp", "lightgcn")  # cerp_jax.models.make_backbone's
-COMBINES = {"cerp": ("sum", "concat"), "qr": ("mult", "add", "concat"), "hash": ("sum",),
-            "full": ("",), "pep": ("",), "raw": ("",)}
-VALUE_DTYPES = {"float32": "f4", "float16": "f2", "int8": "i1"}  # value_dtype → stored dtype
+# The meta and its errors are part of this module's API (pack takes a PackedMeta, readers raise
+# PackedFileError); they are defined in cerp_jax.packed_meta.
+PackedMeta = packed_meta.PackedMeta
+PackedFileError = packed_meta.PackedFileError
+VALUE_DTYPES = packed_meta.VALUE_DTYPES  # value_dtype → stored dtype
 INDEX_DTYPES = ("u1", "u2", "u4", "u8")
-MAX_DIM = 1 << 16  # widest d a file may declare (bounds the dense size of a CSR table)
 _PARTS = {"dense": ("shape", "values"), "csr": ("shape", "values", "indices", "indptr"),
           "bitmap": ("shape", "values", "bitmap")}
 _MAX_FP16 = float(np.finfo(np.float16).max)
 
 
-class PackedFileError(ValueError):
-  """A ``.cerp`` file (or a meta given to :func:`pack`) is damaged or inconsistent; the message
-  names the file and the field."""
-
-
 def _fail(source: str, field: str, problem: str):
   raise PackedFileError(f"{source}: {field}: {problem}")
-
-
-# --------------------------------------------------------------------------------------------------
-# Meta: the id layout and what scores the vectors
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class PackedMeta:
-  """What inference needs besides the tables: how entity ids map to rows, and how rows combine.
-
-  Entity ids are users ``0..U-1`` then items ``item_offset..item_offset+I-1`` (``item_offset = U``);
-  ``N = U + I``. Per method (``r`` = remainder row, ``q`` = quotient row):
-
-  ========  ===============================  ===================================================
-  method    tables (``[rows, cols]``)         id → vector
-  ========  ===============================  ===================================================
-  cerp      P, Q ``[b, d]``                   ``P[id mod b] ⊕ Q[id div quotient_divisor]``,
-                                              ``quotient_divisor = ceil(N/b) ≤ b``; ⊕ = combine
-  qr        Q ``[ceil(N/b), d]``, R ``[b, d]``  ``Q[id div b] ⊕ R[id mod b]``, quotient_divisor = b
-  hash      T ``[B, d]`` (B = bucket_size)    ``Σ_j T[h_j(id)]``, k = num_hashes functions seeded by
-                                              hash_seed (:func:`cerp_jax.baselines.hash_indices`)
-  full/pep  E ``[N, d]``                      ``E[id]``
-  raw       any                               none (sizes and tests; no id layout)
-  ========  ===============================  ===================================================
-
-  Fields a method does not use are 0 (integers) or ``''`` (combine).
-
-  Attributes:
-    method: one of ``METHODS``.
-    backbone: one of ``BACKBONES`` (``''`` for 'raw').
-    combine: ⊕, one of ``COMBINES[method]``.
-    value_dtype: one of ``VALUE_DTYPES`` ('float32' | 'float16' | 'int8').
-    num_users, num_items, item_offset: U, I and the first item's entity id.
-    dim: d, columns of every table (``≤ MAX_DIM``).
-    bucket_size: b (cerp, qr) or B (hash).
-    quotient_divisor: the divisor of the quotient index (cerp ``ceil(N/b)``, qr ``b``).
-    num_hashes, hash_seed: k and the seed of the hashing trick.
-  """
-
-  method: str = "raw"
-  backbone: str = ""
-  combine: str = ""
-  value_dtype: str = "float32"
-  num_users: int = 0
-  num_items: int = 0
-  item_offset: int = 0
-  dim: int = 0
-  bucket_size: int = 0
-  quotient_divisor: int = 0
-  num_hashes: int = 0
-  hash_seed: int = 0
-
-  @property
-  def num_entities(self) -> int:
-    return self.num_users + self.num_items
-
-  def to_dict(self) -> dict:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_config(cls, config, num_users: int, num_items: int,
-                  value_dtype: str = "float32") -> "PackedMeta":
-    """The meta of a trained model: ``config.model`` (embedding, backbone, dim, bucket_size,
-    combine, qr_operation, hash_rows, hash_num_hashes, hash_seed) and the data's U and I.
-
-    Raises:
-      PackedFileError: the config gives an inconsistent layout (named field).
-    """
-    mc = config.model
-    num_users, num_items, b = int(num_users), int(num_items), int(mc.bucket_size)
-    n = num_users + num_items
-    kw = dict(method=mc.embedding, backbone=mc.backbone, value_dtype=value_dtype,
-              num_users=num_users, num_items=num_items, item_offset=num_users, dim=int(mc.dim))
-    if mc.embedding == "cerp":
-      kw.update(combine=mc.combine, bucket_size=b, quotient_divisor=-(-n // max(b, 1)))
-    elif mc.embedding == "qr":
-      kw.update(combine=mc.qr_operation, bucket_size=b, quotient_divisor=b)
-    elif mc.embedding == "hash":
-      kw.update(combine="sum", bucket_size=int(mc.hash_rows), num_hashes=int(mc.hash_num_hashes),
-                hash_seed=int(mc.hash_seed))
-    meta = cls(**kw)
-    meta.validate("config.model")
-    return meta
-
-  def table_shapes(self) -> Optional[Dict[str, tuple[int, int]]]:
-    """``{name: (rows, cols)}`` the method's tables must have (None for 'raw')."""
-    n, b, d = self.num_entities, self.bucket_size, self.dim
-    return {"cerp": {"P": (b, d), "Q": (b, d)}, "qr": {"Q": (-(-n // max(b, 1)), d), "R": (b, d)},
-            "hash": {"T": (b, d)}, "full": {"E": (n, d)}, "pep": {"E": (n, d)}}.get(self.method)
-
-  def validate(self, source: str) -> None:
-    """Checks every field against the method's layout.
-
-    Raises:
-      PackedFileError: ``<source>: meta.<field>: …`` for the first bad field.
-    """
-    def bad(field, problem):
-      _fail(source, f"meta.{field}", problem)
-
-    if self.method not in METHODS:
-      bad("method", f"{self.method!r} is not one of {METHODS}")
-    if self.value_dtype not in VALUE_DTYPES:
-      bad("value_dtype", f"{self.value_dtype!r} is not one of {tuple(VALUE_DTYPES)}")
-    if self.combine not in COMBINES[self.method]:
-      bad("combine", f"{self.combine!r} is not one of {COMBINES[self.method]} for {self.method}")
-    for f in dataclasses.fields(self)[4:]:
-      v = getattr(self, f.name)
-      if not isinstance(v, int) or isinstance(v, bool) or not 0 <= v < 1 << 64:
-        bad(f.name, f"{v!r} is not an integer in [0, 2**64)")
-    used = {"cerp": ("bucket_size", "quotient_divisor"), "qr": ("bucket_size", "quotient_divisor"),
-            "hash": ("bucket_size", "num_hashes", "hash_seed")}.get(self.method, ())
-    for name in ("bucket_size", "quotient_divisor", "num_hashes", "hash_seed"):
-      if name not in used and getattr(self, name):
-        bad(name, f"{getattr(self, name)} must be 0 for method {self.method!r}")
-    if self.method == "raw":
-      for name in ("backbone", "num_users", "num_items", "item_offset", "dim"):
-        if getattr(self, name):
-          bad(name, f"{getattr(self, name)!r} must be empty for method 'raw'")
-      return
-    self._validate_layout(bad)
-
-  def _validate_layout(self, bad) -> None:
-    if self.backbone not in BACKBONES:
-      bad("backbone", f"{self.backbone!r} is not one of {BACKBONES}")
-    if self.num_users < 1 or self.num_items < 1:
-      bad("num_users" if self.num_users < 1 else "num_items", "must be ≥ 1")
-    if self.item_offset != self.num_users:
-      bad("item_offset", f"{self.item_offset} ≠ num_users={self.num_users} (items follow users)")
-    if not 1 <= self.dim <= MAX_DIM:
-      bad("dim", f"{self.dim} is not in [1, {MAX_DIM}]")
-    n, b = self.num_entities, self.bucket_size
-    if self.method in ("cerp", "qr", "hash") and not 1 <= b <= max(n, 1):
-      bad("bucket_size", f"{b} is not in [1, N={n}]")
-    if self.method == "cerp" and self.quotient_divisor != -(-n // b):
-      bad("quotient_divisor", f"{self.quotient_divisor} ≠ ceil(N/b) = {-(-n // b)}")
-    if self.method == "cerp" and self.quotient_divisor > b:
-      bad("bucket_size", f"b={b} < ceil(N/b)={self.quotient_divisor}: (q, r) pairs collide")
-    if self.method == "qr" and self.quotient_divisor != b:
-      bad("quotient_divisor", f"{self.quotient_divisor} ≠ b = {b}")
-    if self.method == "hash" and self.num_hashes < 1:
-      bad("num_hashes", "must be ≥ 1")
-
-  def encode(self) -> bytes:
-    """The 104-byte meta block (validated first)."""
-    self.validate("meta")
-    return _META.pack(*(getattr(self, f.name).encode("ascii") if f.type == "str" else
-                        getattr(self, f.name) for f in dataclasses.fields(self)))
-
-  @classmethod
-  def decode(cls, raw: bytes, source: str) -> "PackedMeta":
-    """Inverse of :meth:`encode`; validates. Raises PackedFileError naming the field."""
-    values = []
-    for f, v in zip(dataclasses.fields(cls), _META.unpack(raw)):
-      if f.type == "str":
-        text = v.rstrip(b"\0")
-        if b"\0" in text or not all(32 <= c < 127 for c in text):
-          _fail(source, f"meta.{f.name}", f"{v!r} is not NUL-padded printable ASCII")
-        v = text.decode("ascii")
-      values.append(v)
-    meta = cls(*values)
-    meta.validate(source)
-    return meta
-
-
-def _fits_meta(meta: PackedMeta) -> None:
-  for f, size in zip(dataclasses.fields(meta)[:4], (8, 16, 8, 8)):
-    v = getattr(meta, f.name)
-    if not isinstance(v, str) or not v.isascii() or len(v) > size:
-      _fail("meta", f"meta.{f.name}", f"{v!r} is not ASCII of at most {size} characters")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -351,7 +175,7 @@ def _serialize(arrays: Dict[str, np.ndarray], meta: PackedMeta) -> bytes:
     chunks.append(raw)
     offset += len(raw)
   body = meta.encode() + json.dumps(header, separators=(",", ":")).encode()
-  head_len = len(body) - _META.size
+  head_len = len(body) - packed_meta.META_BYTES
   payload = b"".join(chunks)
   crc = zlib.crc32(payload, zlib.crc32(body, zlib.crc32(_PREFIX.pack(MAGIC, head_len, offset, 0)[
       :_PREFIX.size - 4])))
@@ -609,7 +433,7 @@ def pack(tables: Dict[str, np.ndarray], meta: Optional[PackedMeta] = None) -> tu
     ValueError: a table is not 2-D, or overflows float16.
   """
   meta = PackedMeta() if meta is None else meta
-  _fits_meta(meta)
+  packed_meta.check_encodable(meta)
   meta.validate("meta")
   want = meta.table_shapes()
   got = {k: tuple(np.shape(v)) for k, v in tables.items()}
@@ -658,9 +482,109 @@ def write(path: os.PathLike | str, blob: bytes) -> int:
   return os.path.getsize(path)
 
 
+# --------------------------------------------------------------------------------------------------
+# Sizes in closed form (what pack() writes, without writing it)
+# --------------------------------------------------------------------------------------------------
+
+
+def _digits(x) -> np.ndarray:
+  """Decimal digits of non-negative integers (vectorised, exact)."""
+  x = np.asarray(x, np.int64)
+  d = np.ones_like(x)
+  for k in range(1, 19):
+    d += x >= 10 ** k
+  return d
+
+
+def _uint_itemsize(max_value) -> np.ndarray:
+  """Itemsize of :func:`_uint_dtype` (the smallest unsigned dtype holding the value), vectorised."""
+  m = np.asarray(max_value, np.int64)
+  return np.select([m <= 0xFF, m <= 0xFFFF, m <= 0xFFFFFFFF], [1, 2, 4], 8)
+
+
+def _layout_arrays(layout: str, rows: int, cols: int, nnz,
+                   value_dtype: str = "float32") -> list[tuple[str, object, object]]:
+  """``(part, length, itemsize)`` of the 1-D arrays :func:`encode_table` writes, in its order (every
+  stored dtype string has 2 characters)."""
+  nnz = np.asarray(nnz, np.int64)
+  vsize = np.dtype(VALUE_DTYPES[value_dtype]).itemsize
+  head = [("shape", 2, 8)]
+  scales = [("scales", rows, 4)] if value_dtype == "int8" else []
+  if layout == "dense":
+    return head + [("values", rows * cols + 0 * nnz, vsize)] + scales
+  if layout == "csr":
+    return head + [("values", nnz, vsize)] + scales + [
+        ("indices", nnz, int(_uint_itemsize(max(cols - 1, 0)))),
+        ("indptr", rows + 1, _uint_itemsize(nnz))]
+  if layout == "bitmap":
+    return head + [("values", nnz, vsize)] + scales + [("bitmap", -(-rows * cols // 8), 1)]
+  raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
+
+
+def _container_bytes(arrays: Sequence[tuple[str, object, object]]) -> np.ndarray:
+  """Length of :func:`_serialize`'s output for named 1-D arrays ``(name, length, itemsize)``.
+
+  ``FIXED_BYTES`` + the compact JSON directory (brackets and commas, and per entry
+  ``11 + len(name) + len(dtype) + digits(length) + digits(offset)`` characters) + the payload.
+  """
+  offset = np.int64(0)
+  header = 2 + max(len(arrays) - 1, 0)
+  for name, length, itemsize in arrays:
+    length = np.asarray(length, np.int64)
+    header = header + 11 + len(name) + 2 + _digits(length) + _digits(offset)
+    offset = offset + length * np.asarray(itemsize, np.int64)
+  return FIXED_BYTES + header + offset
+
+
+def layout_sizes(rows: int, cols: int, nnz, value_dtype: str = "float32") -> np.ndarray:
+  """int64 ``[len(LAYOUTS), *shape(nnz)]``: bytes of one ``[rows, cols]`` table with ``nnz``
+  non-zeros packed alone in each layout (the ``bytes_<layout>`` sizes :func:`pack` compares)."""
+  return np.stack([np.broadcast_to(
+      _container_bytes(_layout_arrays(l, rows, cols, nnz, value_dtype)), np.shape(nnz))
+                   for l in LAYOUTS])
+
+
+def chosen_layouts(rows: int, cols: int, nnz, value_dtype: str = "float32") -> np.ndarray:
+  """Index into ``LAYOUTS`` of the layout :func:`pack` picks (smallest; ties to the first),
+  int ``shape(nnz)``."""
+  return np.argmin(layout_sizes(rows, cols, nnz, value_dtype), axis=0)
+
+
+def packed_size(tables: Sequence[tuple[str, int, int, object]],
+                value_dtype: str = "float32") -> np.ndarray:
+  """Exact length of :func:`pack`'s file for tables of given shapes and non-zero counts.
+
+  The size depends only on each table's shape and non-zero count (not on where the non-zeros are,
+  nor on the meta's values: prefix and meta take ``FIXED_BYTES`` whatever they hold), so it costs
+  microseconds where packing would cost seconds.
+
+  Args:
+    tables: ``(name, rows, cols, nnz)`` in the order of the embedding's ``tables()`` dict; ``nnz``
+      may be an int array (broadcast across tables) to size many candidates at once.
+    value_dtype: the meta's value dtype, one of ``VALUE_DTYPES``.
+
+  Returns:
+    bytes, int64 (0-d for scalar ``nnz``).
+  """
+  choices = [chosen_layouts(rows, cols, nnz, value_dtype) for _, rows, cols, nnz in tables]
+  shape = np.broadcast_shapes(*[np.shape(c) for c in choices])
+  out = np.zeros(shape, np.int64)
+  for combo in itertools.product(range(len(LAYOUTS)), repeat=len(tables)):
+    arrays = []
+    for (name, rows, cols, nnz), li in zip(tables, combo):
+      arrays += [(f"{name}/{part}", length, isz) for part, length, isz in
+                 _layout_arrays(LAYOUTS[li], rows, cols, nnz, value_dtype)]
+    hit = np.ones(shape, bool)
+    for c, li in zip(choices, combo):
+      hit &= np.broadcast_to(c == li, shape)
+    if hit.any():
+      out = np.where(hit, np.broadcast_to(_container_bytes(arrays), shape), out)
+  return out
+
+
 def ideal_bytes(nonzeros: int, rows: int, cols: int) -> int:
   """min(CSR, bitmap) payload bytes (float32 values) from nnz and shape, without container
-  overhead (P6's yardstick)."""
+  overhead: the yardstick the packed size is benchmarked against."""
   csr = 4 * nonzeros + nonzeros * _uint_dtype(max(cols - 1, 0)).itemsize + (
       rows + 1) * _uint_dtype(nonzeros).itemsize
   bitmap = 4 * nonzeros + -(-rows * cols // 8)

@@ -58,6 +58,9 @@ def format_seconds(s: Optional[float]) -> str:
 class Progress:
   """A position ``0 ≤ n ≤ total`` in ``unit`` plus the step count, shown honestly.
 
+  A context manager (``with Progress(...) as bar:``) that closes itself on exit, or call
+  :meth:`close`.
+
   Args:
     desc: label (``'prune'``, ``'retrain sparsity_0.5000'``).
     total: units to the end as known now (:meth:`set_total` moves it).
@@ -117,5 +120,12 @@ class Progress:
             f"at {self.steps_per_s():.1f} steps/s, ETA {format_seconds(self.eta_s())}{extra}")
 
   def close(self):
+    """Closes the bar and gives the log lines their stream back."""
     self._bar.close()
     self._redirect.__exit__(None, None, None)
+
+  def __enter__(self) -> "Progress":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()

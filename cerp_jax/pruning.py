@@ -1,8 +1,5 @@
-"""Pruning schedule shared by every pruned embedding: budgets, per-step snapshots, masks, rewinding.
-
-Source: spec §5 (``CERP/prune.py``, ``engine.py``). Written once for CERP (tables P, Q) and any other
-embedding that exposes ``tables()`` and ``prunable`` names (PEP later).
-"""
+"""Pruning schedule of every pruned embedding (CERP, PEP): budgets, per-step snapshots, masks,
+rewinding, as the authors' code does (docs/algorithm.md, Stage 1 and Stage 2)."""
 
 from __future__ import annotations
 
@@ -15,13 +12,10 @@ import numpy as np
 
 
 def budgets(target_sparsities: Sequence[float], num_entries: int) -> np.ndarray:
-  """Non-zero budgets ``int((1 − s)·num_entries)`` for targets sorted ascending (spec §5).
-
-  For CERP ``num_entries = 2·b·d`` (sparsity is relative to the meta tables). ``s = 0.8, b = 1000,
-  d = 128`` gives 51,199 (float rounding of the original's formula, kept on purpose).
+  """``[T] int64`` budgets ``int((1 − s)·num_entries)``, targets ascending (CERP: 2·b·d entries).
 
   Raises:
-    ValueError: a target outside (0, 1) or repeated targets.
+    ValueError: no target, a target outside (0, 1), or repeated targets.
   """
   ts = sorted(float(s) for s in target_sparsities)
   if not ts:
@@ -36,16 +30,9 @@ def budgets(target_sparsities: Sequence[float], num_entries: int) -> np.ndarray:
 
 @flax.struct.dataclass
 class PruneState:
-  """On-device snapshot bookkeeping (spec §5).
-
-  Attributes:
-    budgets: ``[T] int32``, descending (ascending sparsity).
-    reached: ``[T] bool``.
-    step: ``[T] int32`` the step whose pre-update tables were captured (−1 if not reached).
-    nonzeros: ``[T] int32`` the non-zero count at that step.
-    snapshots: dict name → ``[T, ...]`` float32 captured effective tables.
-    initial: dict name → the step-0 raw tables (for rewinding).
-  """
+  """On-device snapshot bookkeeping: ``budgets [T] int32`` (descending), ``reached [T] bool``,
+  ``step``/``nonzeros [T] int32`` of each capture (−1 until reached), ``snapshots`` name →
+  ``[T, ...]`` float32 effective tables, ``initial`` name → step-0 raw tables."""
 
   budgets: jax.Array
   reached: jax.Array
@@ -69,11 +56,8 @@ def init_prune_state(budgets_: np.ndarray, tables: dict, initial: dict) -> Prune
 
 
 def capture(ps: PruneState, tables: dict, nonzeros: jax.Array, step: jax.Array) -> PruneState:
-  """Saves ``tables`` for the next unmet budget if ``nonzeros ≤`` it (spec §5: at most one per step).
-
-  Runs inside the jitted, scanned step, so snapshots are exact per step even when steps are fused.
-  The copy into the snapshot buffer happens under ``lax.cond`` only on the step that triggers.
-  """
+  """Captures ``tables`` (pre-update) for the next unmet budget if ``nonzeros ≤`` it, at most one
+  budget per step; traceable (``lax.cond``), so exact per step inside a fused scan."""
   idx = jnp.argmin(ps.reached)  # first unmet (largest remaining budget)
   trigger = (~ps.reached[idx]) & (nonzeros <= ps.budgets[idx])
 
@@ -86,10 +70,10 @@ def capture(ps: PruneState, tables: dict, nonzeros: jax.Array, step: jax.Array) 
 
 
 def masks_from_snapshot(snapshot: dict) -> dict:
-  """``mask = 1[snapshot ≠ 0]`` per table, float32 (spec §5, retraining)."""
+  """``mask = 1[snapshot ≠ 0]`` per table, numpy float32."""
   return {k: (np.asarray(v) != 0).astype(np.float32) for k, v in snapshot.items()}
 
 
 def rewind(initial: dict, masks: dict) -> dict:
-  """Lottery-ticket rewinding: ``initial ⊙ mask`` per table (spec §5)."""
+  """Lottery-ticket rewinding: ``initial ⊙ mask`` per table, numpy."""
   return {k: np.asarray(initial[k]) * masks[k] for k in masks}

@@ -1,46 +1,12 @@
-"""Top-K recommendations served straight from a packed ``.cerp`` file (numpy on CPU, no JAX).
+"""Top-K recommendations straight from a packed ``.cerp`` file: numpy on CPU, one user at a time,
+no compilation (docs/packing.md, "Recommend from the packed file"; ``recommend.py`` is the CLI).
 
-One user at a time, no compilation: :class:`Recommender` loads a file once and answers
-:meth:`Recommender.top_k`; :func:`recommend` is the one-call form (and ``recommend.py`` the CLI).
-
-What is composed when, and what it holds (U users, I items, N = U + I, d, nnz stored entries):
-
-* **load**: :func:`cerp_jax.packing.load` checks the file and keeps its bytes (the packed bytes);
-  every table stays in its stored layout, values in the stored dtype (float32, float16 or int8 with
-  per-row scales). Derived once: row starts (8 bytes a row) and, for a bitmap table, its column
-  indices (1 byte an entry for d ≤ 256, else 2). No ``[N, d]`` table is built, and no ``[b, d]``
-  meta-table either. (A hashing-trick file imports :mod:`cerp_jax.baselines`, and with it JAX,
-  for its hash functions.)
-* **per request, the user's vector**: composed from its own rows, exactly as the embedding does
-  (CERP: ``P̂[u mod b] ⊕ Q̂[u div c]``; :class:`cerp_jax.packing.PackedMeta` lists every method).
-* **per request, the item scores** (dot-product backbones: score = ⟨e_u, e_i⟩). An item's vector is
-  a sum (or concatenation) of table rows, so its score is a sum of row scores: for CERP ``sum``,
-  ``⟨e_u, P̂[r_i] + Q̂[q_i]⟩ = (P̂ e_u)[r_i] + (Q̂ e_u)[q_i]``. One sparse matrix–vector product per
-  table, straight from the stored entries (``[rows]`` float32 over the rows items use: all b of
-  CERP's P, the ≈ b·I/N rows ``[U div c, (N−1) div c]`` of its Q), then every item's
-  score is a gather of scalars: O(nnz + I) work per user instead of O(I·d) for composing the items'
-  vectors, and nothing ``[I, d]`` exists at any time. Per-entity tables (full, PEP: rows are entity
-  ids) are multiplied one item chunk's rows at a time.
-* **items in chunks** of ``chunk_items``: a chunk's scores (``[chunk]`` float32), the user's
-  excluded items set to −∞, and its top-K merged into the running top-K. Peak memory is the file,
-  the derived index arrays, the ``[rows]`` table scores and one chunk.
-* **composing item vectors** instead (``compose_items=True``, and always for QR ``mult``, whose
-  element-wise product does not split into row scores): a chunk's item vectors ``[chunk, out_dim]``
-  are composed from their rows, then scored by a matrix–vector product.
-
-An ``[I, out_dim]`` cache of composed item vectors is not offered: it would be a dense table of
-I·d·4 bytes (Gowalla: 21 MB, ≈ 40× the packed file at 0.5 sparsity), and the row-score
-factorisation above is already faster than a product with it (docs/packing.md, "Recommend from the packed
-file", measures both).
-
-Scores equal the dense scorer's (``cerp_jax.models.MF.score_matrix`` on the composed vectors) up
-to float32 rounding of a different summation order (≈ 1e-7 relative), so two items whose scores
-differ by less than that may swap places. Ties are broken by the smaller item id, as
-``jax.lax.top_k`` does.
-
-Only dot-product backbones can be served from the file alone: NCF-MLP needs its weights, which the
-file does not store, and LightGCN scores vectors propagated over the training graph; both raise
-:class:`ServingError` saying so.
+Tables stay in their stored layout and dtype; no ``[N, d]``, ``[b, d]`` or ``[I, d]`` array is
+built. An item's score is a sum of row scores (CERP ``sum``: ``⟨e_u, P̂[r] + Q̂[q]⟩ =
+(P̂ e_u)[r] + (Q̂ e_u)[q]``): one sparse matrix–vector product per table, a gather per item,
+O(nnz + I) per user; items in chunks with a running top-K. Scores equal the dense scorer's up to
+float32 summation order (≈ 1e-7 relative); ties go to the smaller item id, as ``jax.lax.top_k``.
+Only dot-product backbones can be served. A hashing-trick file imports JAX (its hash functions).
 """
 
 from __future__ import annotations
@@ -61,17 +27,12 @@ class ServingError(ValueError):
   """The file's model cannot be served from the file alone (NCF-MLP, LightGCN, method 'raw')."""
 
 
-# --------------------------------------------------------------------------------------------------
-# One stored table, addressed by rows
-# --------------------------------------------------------------------------------------------------
+# -------- One stored table, addressed by rows
 
 
 class _Table:
-  """A packed table read in its stored layout: ``T[lo:hi] @ x`` and ``T[rows]`` without densifying.
-
-  Holds views of the file's arrays (values in the stored dtype, ``scales [rows]`` for int8, CSR
-  column indices) plus ``starts [rows + 1]`` intp and, for a bitmap, column indices derived once.
-  """
+  """A packed table in its stored layout (views of the file's arrays, plus row starts and a bitmap's
+  column indices derived once): ``T[lo:hi] @ x`` and ``T[rows]`` without densifying."""
 
   def __init__(self, enc: packing.EncodedTable):
     self.rows, self.cols = enc.shape
@@ -129,7 +90,7 @@ class _Table:
 def _bitmap_index(bitmap: np.ndarray, rows: int, cols: int,
                   nnz: int) -> tuple[np.ndarray, np.ndarray]:
   """Column indices ``[nnz]`` (uint8 for cols ≤ 256, else uint16) and row starts ``[rows + 1]``
-  intp of a row-major bitmap, unpacked in blocks of ≈ 1 Mbit (so the transient stays ≈ 1 MB)."""
+  intp of a row-major bitmap, unpacked in blocks of ≈ 1 Mbit."""
   columns = np.empty(nnz, np.uint8 if cols <= 256 else np.uint16)
   counts = np.zeros(rows, np.intp)
   block = max(8, (1 << 20) // max(cols, 1) // 8 * 8)  # rows per block, a multiple of 8
@@ -144,21 +105,13 @@ def _bitmap_index(bitmap: np.ndarray, rows: int, cols: int,
   return columns, np.concatenate([[0], np.cumsum(counts)]).astype(np.intp)
 
 
-# --------------------------------------------------------------------------------------------------
-# Results and exclusions
-# --------------------------------------------------------------------------------------------------
+# -------- Results and exclusions
 
 
 @dataclasses.dataclass(frozen=True)
 class Recommendations:
-  """Top-K per user, best first.
-
-  Attributes:
-    users: ``[n]`` int64 user ids, in the order asked.
-    items: ``[n, k]`` int64 item ids (0-based, as in ``train.txt``); ``-1`` pads a row when fewer
-      than k items are left after exclusion.
-    scores: ``[n, k]`` float32 scores; ``-inf`` pads.
-  """
+  """Top-K per user, best first: ``users [n]`` int64 (as asked), ``items [n, k]`` int64 0-based
+  item ids (−1 pads when fewer than k remain), ``scores [n, k]`` float32 (−inf pads)."""
 
   users: np.ndarray
   items: np.ndarray
@@ -176,12 +129,8 @@ class Recommendations:
 
 @dataclasses.dataclass(frozen=True)
 class Exclusions:
-  """Items never to recommend to a user (their training items), as CSR over users.
-
-  Attributes:
-    indptr: ``[num_users + 1]`` int64.
-    items: ``[nnz]`` int64 item ids, sorted within each user.
-  """
+  """Items never to recommend (training items), CSR over users: ``indptr [num_users + 1]`` int64,
+  ``items [nnz]`` int64 ids sorted within each user."""
 
   indptr: np.ndarray
   items: np.ndarray
@@ -214,13 +163,12 @@ class Exclusions:
 
 def read_exclusions(path: Union[str, os.PathLike], meta: packing.PackedMeta,
                     source: str = "the packed file") -> Exclusions:
-  """Reads a LightGCN-format file (``user item item …``; :func:`cerp_jax.data.read_lightgcn_file`)
-  as the items to exclude, checked against the packed file's user and item counts.
+  """Items to exclude from a LightGCN-format file (``user item item …``), checked against the
+  packed file's user and item counts (``source``: its name, for messages).
 
   Raises:
-    cerp_jax.data.DataError: the file is missing, empty or malformed (file, line, token), or an id
-      is beyond the packed file's counts (file, line, id, and the counts of ``source``, the
-      packed file's name).
+    cerp_jax.data.DataError: the file is missing, empty or malformed, or an id is beyond the counts
+      (naming file, line and id).
   """
   from cerp_jax import data as data_lib  # pylint: disable=g-import-not-at-top (scipy, only here)
   pairs = data_lib.read_lightgcn_file(path)
@@ -235,19 +183,17 @@ def read_exclusions(path: Union[str, os.PathLike], meta: packing.PackedMeta,
   return Exclusions.from_pairs(pairs.users, pairs.items, meta.num_users)
 
 
-# --------------------------------------------------------------------------------------------------
-# The server
-# --------------------------------------------------------------------------------------------------
+# -------- The server
 
 
 class Recommender:
-  """Serves top-K items for a user from a packed file (module docstring: what is held and when).
+  """Serves top-K items per user from a packed file, held in memory with its derived index arrays.
 
   Args:
     packed: a ``.cerp`` path, its bytes, or a loaded :class:`cerp_jax.packing.PackedFile`.
     chunk_items: items scored per chunk (bounds the per-request memory).
-    compose_items: compose each chunk's item vectors and score them by a matrix–vector product,
-      instead of the row-score factorisation (always so for QR ``mult``).
+    compose_items: score each chunk's composed item vectors instead of row scores (always so for
+      QR ``mult``, whose product does not split).
 
   Raises:
     cerp_jax.packing.PackedFileError: the file is damaged (``<file>: <field>: …``).
@@ -289,8 +235,8 @@ class Recommender:
     return self.file.file_bytes + sum(t.derived_bytes for t in self.tables.values())
 
   def compose(self, ids: np.ndarray) -> np.ndarray:
-    """Entity vectors from the packed rows: ``[n]`` entity ids (users ``0..U-1``, items from
-    ``item_offset``) → ``[n, out_dim]`` float32, as ``compose`` of the method's embedding module."""
+    """``[n]`` entity ids (users ``0..U-1``, items from ``item_offset``) → ``[n, out_dim]`` float32
+    vectors composed from the packed rows, as the method's embedding module does."""
     m, t = self.meta, self.tables
     ids = np.asarray(ids, np.int64)
     if m.method == "cerp":
@@ -324,11 +270,11 @@ class Recommender:
         LightGCN-format ``train.txt``: those items are never returned.
 
     Returns:
-      :class:`Recommendations` (``[n, k]`` items and scores; −1 / −inf pad when fewer remain).
+      :class:`Recommendations`.
 
     Raises:
-      ValueError: a user id out of range or not an integer (naming it and the file's user count),
-        ``k < 1``; errors of :func:`read_exclusions`.
+      ValueError: a user id out of range or not an integer, ``k < 1``, an ``exclude`` matrix of
+        another shape; DataError of :func:`read_exclusions`.
     """
     users = self._check_users(users)
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -388,8 +334,7 @@ class Recommender:
     return its[order], sc[order]
 
   def _chunk_scores(self, u: np.ndarray, lo: int, hi: int, row_scores: dict) -> np.ndarray:
-    """``[hi − lo]`` float32 scores of items ``lo..hi−1``; ``row_scores`` caches a shared table's
-    row scores (of the rows any item uses) across the chunks of one request."""
+    """``[hi − lo]`` float32 scores of items ``lo..hi−1`` (``row_scores``: a per-request cache)."""
     first, last = lo + self.meta.item_offset, hi + self.meta.item_offset  # entity ids
     if self._terms is None:
       return self.compose(np.arange(first, last)) @ u
@@ -411,8 +356,7 @@ class Recommender:
     return out
 
   def _item_rows(self, kind: str, n: int, rows: int) -> tuple[int, int]:
-    """The rows ``[row0, row1)`` of a shared table that items use (CERP's Q: ids div c of the
-    items only, ≈ I/N of the table)."""
+    """Rows ``[row0, row1)`` of a shared table that items use (CERP's Q: ≈ I/N of its rows)."""
     if kind != "div":
       return 0, rows
     m = self.meta
@@ -420,10 +364,9 @@ class Recommender:
 
 
 def _row_terms(meta: packing.PackedMeta):
-  """How a method's item score splits into row scores: ``[(table, slice of e_u or None, kind, n)]``
-  with kind ``'mod'`` (row = id mod n), ``'div'`` (id div n), ``'hash'`` (the k hashed rows,
-  summed) or ``'rows'`` (a per-entity table, row = id); None when it does not split (QR
-  ``mult``)."""
+  """How an item score splits into row scores: ``[(table, slice of e_u or None, kind, n)]``, kind
+  ``'mod'`` (row id mod n), ``'div'`` (id div n), ``'hash'`` (k hashed rows summed) or ``'rows'``
+  (row id); None for QR ``mult``."""
   b, c, d = meta.bucket_size, meta.quotient_divisor, meta.dim
   cat = meta.combine == "concat"
   first, second = (slice(0, d), slice(d, 2 * d)) if cat else (None, None)
@@ -437,9 +380,8 @@ def _row_terms(meta: packing.PackedMeta):
 
 
 def _gather_range(s: np.ndarray, kind: str, n: int, lo: int, hi: int, row0: int = 0) -> np.ndarray:
-  """``s[id mod n − row0]`` or ``s[id div n − row0]`` for the consecutive ids ``lo..hi−1``,
-  ``[hi − lo]``, built by cycling or repeating ``s`` (no index array: ids mod n cycle, ids div n
-  come in runs of n). ``row0`` is the row of ``s[0]`` (0 for 'mod')."""
+  """``[hi − lo]``: ``s[id mod n − row0]`` or ``s[id div n − row0]`` for ids ``lo..hi−1`` by cycling
+  or repeating ``s`` (no index array); ``row0`` is the row of ``s[0]`` (0 for 'mod')."""
   if kind == "mod":
     start = lo % n
     return np.resize(np.concatenate([s[start:], s[:start]]), hi - lo)
@@ -452,8 +394,8 @@ def _gather_range(s: np.ndarray, kind: str, n: int, lo: int, hi: int, row0: int 
 
 
 def _top_positions(scores: np.ndarray, ids: Optional[np.ndarray], k: int) -> np.ndarray:
-  """Positions of the k largest scores, ties broken by the smaller id (``jax.lax.top_k``'s rule);
-  ``ids`` None means the positions are the ids' order. All positions when there are at most k."""
+  """Positions of the k largest scores (all when ≤ k), ties to the smaller id (``ids``, or the
+  position when None), as ``jax.lax.top_k``."""
   if scores.size <= k:
     return np.arange(scores.size)
   kth = np.partition(scores, scores.size - k)[scores.size - k]
@@ -488,20 +430,6 @@ def _check_servable(meta: packing.PackedMeta, source: str) -> None:
 
 def recommend(packed, users: Sequence[int], k: int = 20, exclude=None,
               chunk_items: int = DEFAULT_CHUNK_ITEMS) -> Recommendations:
-  """Top-k items for each user, straight from a packed file (``recommend.py``'s contract).
-
-  Args:
-    packed: a ``.cerp`` path, its bytes, or a :class:`cerp_jax.packing.PackedFile`.
-    users: user ids in ``[0, num_users)``.
-    k: items per user.
-    exclude: None, a ``train.txt`` path (LightGCN format), a ``[U, I]`` CSR matrix or an
-      :class:`Exclusions`: items never returned.
-    chunk_items: items scored per chunk.
-
-  Returns:
-    :class:`Recommendations`.
-
-  Raises:
-    as :class:`Recommender` and :meth:`Recommender.top_k`.
-  """
+  """``Recommender(packed, chunk_items).top_k(users, k, exclude)`` in one call (``recommend.py``'s
+  contract): a :class:`Recommendations`; arguments and errors as there."""
   return Recommender(packed, chunk_items=chunk_items).top_k(users, k, exclude)

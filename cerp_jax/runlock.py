@@ -1,10 +1,5 @@
-"""One process at a time per workdir: an exclusive lock on ``WORKDIR/.lock``.
-
-The lock is a kernel advisory lock (``fcntl.flock``) on the file, so it ends with its holder: a
-killed process leaves the file behind but never a stale lock. The file holds the holder's
-``pid``, host, command and start time, which the refusal names. Only process 0 of a multi-host run
-takes it (the other processes write nothing to the workdir).
-"""
+"""One process per workdir: an exclusive ``fcntl.flock`` on ``WORKDIR/.lock``, released with its
+holder (never stale); the file records the holder's pid, host, command and start time."""
 
 from __future__ import annotations
 
@@ -35,11 +30,8 @@ def _holder(path: str) -> str:
 
 @contextlib.contextmanager
 def hold(workdir: str, enabled: bool = True):
-  """Holds ``workdir``'s lock for the ``with`` body.
-
-  Args:
-    workdir: an existing directory.
-    enabled: False makes this a no-op (non-primary processes of a multi-host run).
+  """Holds the lock of ``workdir`` (an existing directory) for the ``with`` body; a no-op when
+  not ``enabled`` (every process but 0 of a multi-process run).
 
   Raises:
     WorkdirBusyError: a live process holds the lock; the message names it.

@@ -1,21 +1,6 @@
-"""BPR training samples, vectorised in numpy and seeded per epoch (no per-sample Python loop).
-
-A *group* is one (user, positive) with K negatives: ``items[g] = [pos, neg_1 … neg_K]``. Negatives are
-uniform over all items, distinct within a group, rejecting the user's training positives (spec §4.1).
-
-Epochs (DECISIONS.md, Epoch):
-  * ``'positives'`` (default): every training positive once, shuffled.
-  * ``'parity'``: the original's epoch: ``nnz(train)`` user-uniform draws (users without training items
-    skipped), one uniform positive each, no shuffling. With K negatives per group the draws are
-    de-duplicated on (user, positive), keeping first-seen order and the last draw's negatives (the
-    NCF/MF code's dict); with ``triples_per_positive > 1`` every draw is kept, duplicates included
-    (the LightGCN code trains on its list of triples, not on the dict).
-Modes: ``'resample'`` draws a new epoch sample per epoch; ``'fixed'`` draws once (epoch 0) and reuses
-it every epoch, as the original does.
-
-The sample of epoch ``e`` depends only on ``(seed, e)``, so resuming from a checkpoint at any epoch
-reproduces it exactly.
-"""
+"""BPR groups ``[pos, neg_1 … neg_K]`` per (user, positive), vectorised numpy; epoch e's sample
+depends only on ``(seed, e)``. Negatives: uniform over all items, distinct within a group, never a
+training positive of the user (docs/algorithm.md, Samples and epochs)."""
 
 from __future__ import annotations
 
@@ -24,19 +9,21 @@ import scipy.sparse as sp
 
 
 class BPRSampler:
-  """Draws epochs of BPR groups from a ``[U, I]`` CSR of training positives.
+  """Draws epochs of BPR groups.
 
   Args:
-    train: ``[U, I]`` CSR of ones.
+    train: ``[U, I]`` CSR of ones, the training positives.
     num_negatives: K ≥ 1.
-    mode: 'resample' | 'fixed'.
-    epoch_kind: 'positives' | 'parity'.
+    mode: 'resample' (new sample per epoch) | 'fixed' (epoch 0's reused, as the authors' code).
+    epoch_kind: 'positives' (every training positive once, shuffled) | 'parity' (the authors':
+      ``nnz(train)`` user-uniform draws in draw order, de-duplicated on (user, positive) unless
+      t > 1).
     seed: numpy seed.
-    triples_per_positive: t > 1 (with K = 1) draws t distinct negatives per positive and returns t
-      separate groups ``[pos, neg_j]`` (LightGCN-PyTorch's ``neg_size``, spec §4.6).
+    triples_per_positive: t > 1 (needs K = 1): t groups ``[pos, neg_j]`` per positive with distinct
+      negatives, adjacent (the parity epoch shuffles them once, as the LightGCN code does).
 
   Raises:
-    ValueError: bad mode/kind, or a user whose positives leave fewer than K negatives.
+    ValueError: bad mode/kind, K < 1, t > 1 with K ≠ 1, or a user with fewer than K non-positives.
   """
 
   def __init__(self, train: sp.csr_matrix, num_negatives: int, mode: str = "resample",
@@ -98,11 +85,8 @@ class BPRSampler:
     return neg
 
   def epoch(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-    """Groups of one epoch.
-
-    Returns:
-      users ``[n] int32``, items ``[n, 1 + K] int32`` (column 0 the positive).
-    """
+    """Groups of epoch ``epoch``: users ``[n] int32``, items ``[n, 1 + K] int32`` (column 0 the
+    positive)."""
     if self.mode == "fixed":
       if self._cache is None:
         self._cache = self._draw(0)
@@ -133,19 +117,18 @@ class BPRSampler:
     if self.triples > 1:  # K separate (u, pos, neg) triples per positive (LightGCN-PyTorch)
       users = np.repeat(users, self.triples)
       items = np.stack([np.repeat(pos, self.triples), neg.reshape(-1)], axis=1)
+      if self.epoch_kind == "parity":  # the LightGCN code shuffles its list of triples once
+        order = rng.permutation(len(users))
+        users, items = users[order], items[order]
     else:
       items = np.concatenate([pos[:, None], neg], axis=1)
     return users.astype(np.int32), items.astype(np.int32)
 
 
 def to_steps(users: np.ndarray, items: np.ndarray, groups_per_step: int, steps_per_block: int):
-  """Reshapes one epoch of groups into blocks of steps, padding with masked groups and steps.
-
-  Returns:
-    dict of numpy arrays with leading ``[num_blocks, steps_per_block]``: ``users [.., G]``,
-    ``items [.., G, 1+K]``, ``group_mask [.., G]`` bool, ``step_mask [..]`` bool; and the number of real
-    steps ``ceil(n / G)``.
-  """
+  """One epoch in blocks of steps, padded with masked groups and steps: (dict of numpy arrays
+  ``users [S_b, s, G]``, ``items [S_b, s, G, 1+K]``, ``group_mask [S_b, s, G]`` bool, ``step_mask
+  [S_b, s]`` bool with s = ``steps_per_block``; the number of real steps ``ceil(n / G)``)."""
   n = len(users)
   steps = -(-n // groups_per_step)
   blocks = -(-steps // steps_per_block)

@@ -1,32 +1,10 @@
-"""Device mesh, sharding rules and multi-process set-up, on JAX's own runtime.
+"""Device mesh, sharding rules and multi-process set-up on JAX's runtime (docs/scaling_out.md).
 
-One :class:`ShardingPlan` per run holds a ``jax.sharding.Mesh`` built from the config and the rules
-that place every array on it with ``NamedSharding``:
-
-* **mesh**: ``config.mesh_axes`` names the axes (``('data',)`` or ``('data', 'model')``);
-  ``config.mesh_shape`` their sizes (``()``: every device on ``'data'``; one entry may be ``-1``,
-  "the rest"). Built over ``jax.devices()``, i.e. all devices of all processes.
-* **training batches**: the group axis (axis 1 of a ``[steps, G, ...]`` block) is split along
-  ``'data'``. A ``G`` that the data-axis size does not divide is **padded** with masked groups
-  (``group_mask`` False, ids 0): every loss term is masked, so the numbers are those of the unpadded
-  step, and the same command runs on any device count.
-* **state and variables**: replicated, except the rule ``config.shard_embedding_rows_min``: a leaf
-  under an ``'embedding'`` key (parameters, their optimizer moments, the best copy, masks) with
-  ``ndim ≥ 2`` and at least that many rows is row-sharded along ``'model'`` (only if the mesh has a
-  ``'model'`` axis of size > 1). CERP's ``[b, d]`` tables stay replicated; a full ``[N, d]`` table
-  is split by rows. Rows the model-axis size does not divide cannot be placed by ``jax.Array`` (no
-  uneven shards): such a leaf stays replicated and a warning says so.
-* **evaluation**: the users of each scoring batch are split along ``'data'`` (the batch size is
-  rounded up to a multiple of the data-axis size; padded users are dropped from the metrics);
-  items, tables and the per-batch index lists are replicated; masking, top-K and metrics run per
-  user shard (``shard_map``, :func:`cerp_jax.evaluation.sharded_batch_metrics`).
-
-Multi-process (several hosts, or several processes on one): :func:`distributed_init` calls
-``jax.distributed.initialize()`` when the config or the environment asks for it. Every process then
-runs the same program, builds the same (seeded) epoch sample and feeds only its addressable shards
-of every batch (``jax.make_array_from_callback``); only process 0 writes logs, metrics and result
-files (:func:`is_primary`); orbax saves and restores the sharded state, on any device count
-(restores are placed with the shardings of the current mesh).
+A :class:`ShardingPlan` holds the ``jax.sharding.Mesh`` of ``config.mesh_axes`` ×
+``config.mesh_shape`` over all processes' devices and places arrays with ``NamedSharding``: training
+blocks and scoring batches split along ``'data'`` (padded with masked groups to a multiple of its
+size); state replicated, except ``'embedding'`` leaves with ≥ ``config.shard_embedding_rows_min``
+rows, row-sharded along ``'model'``. In a multi-process run only process 0 writes files.
 """
 
 from __future__ import annotations
@@ -58,20 +36,11 @@ def _cfg(config, name: str, default):
 
 
 def distributed_init(config=None) -> bool:
-  """Starts JAX's multi-process runtime (``jax.distributed.initialize``) when asked to.
-
-  Asked when ``config.distributed`` is True, ``$CERP_DISTRIBUTED`` is ``1``/``true``, or JAX's own
-  ``$JAX_COORDINATOR_ADDRESS`` is set. Arguments come from ``config.coordinator_address``,
-  ``config.num_processes``, ``config.process_id`` (or ``$JAX_COORDINATOR_ADDRESS``,
-  ``$CERP_NUM_PROCESSES``, ``$CERP_PROCESS_ID``); unset ones are left to JAX's cluster detection
-  (Cloud TPU, SLURM, Open MPI, Kubernetes). Must run before anything touches a JAX device.
-
-  Args:
-    config: the run's ConfigDict, or None (environment only).
-
-  Returns:
-    True if the run is (now) multi-process-initialized, False if nothing was asked.
-  """
+  """Calls ``jax.distributed.initialize`` (before anything touches a device) when asked by
+  ``config.distributed``, ``$CERP_DISTRIBUTED=1`` or ``$JAX_COORDINATOR_ADDRESS``; returns whether
+  the run is multi-process-initialized. Arguments: ``config.coordinator_address``,
+  ``num_processes``, ``process_id`` (else ``$JAX_COORDINATOR_ADDRESS``, ``$CERP_NUM_PROCESSES``,
+  ``$CERP_PROCESS_ID``; else JAX's cluster detection). ``config`` None: environment only."""
   env = os.environ
   address = _cfg(config, "coordinator_address", "") or env.get("JAX_COORDINATOR_ADDRESS", "")
   nproc = int(_cfg(config, "num_processes", 0) or env.get(ENV_NUM_PROCESSES, 0) or 0)
@@ -104,14 +73,13 @@ def is_primary() -> bool:
 
 
 def sync(name: str) -> None:
-  """Multi-process barrier (``multihost_utils.sync_global_devices``): e.g. before every process reads
-  a file process 0 wrote. Every process must call it, in the same order; a no-op in one process."""
+  """Barrier of all processes (each must call it, in the same order); a no-op in one process."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
 
 
 def resolve_mesh_shape(shape: Sequence[int], axes: Sequence[str], num_devices: int) -> tuple:
-  """The mesh shape for ``num_devices``: ``()`` puts all on the first axis, one ``-1`` is filled.
+  """Mesh shape for ``num_devices``: ``()`` puts all on the first axis, one ``-1`` is filled.
 
   Raises:
     ValueError: bad axis names, or sizes whose product is not the device count.
@@ -140,12 +108,11 @@ def resolve_mesh_shape(shape: Sequence[int], axes: Sequence[str], num_devices: i
 
 def make_mesh(config=None, devices: Optional[Sequence[Any]] = None,
               mesh_shape: Optional[Sequence[int]] = None) -> Mesh:
-  """``jax.sharding.Mesh`` of ``config.mesh_shape`` × ``config.mesh_axes`` (GSPMD ``Auto`` axes).
+  """``Mesh`` (``Auto`` axes) of ``mesh_shape`` (default ``config.mesh_shape``) ×
+  ``config.mesh_axes`` (missing: all on 'data') over ``devices`` (default: all processes').
 
-  Args:
-    config: ConfigDict with ``mesh_shape`` and ``mesh_axes`` (missing: all devices on 'data').
-    devices: devices to use (default ``jax.devices()``, all processes).
-    mesh_shape: overrides ``config.mesh_shape``.
+  Raises:
+    ValueError: as :func:`resolve_mesh_shape`.
   """
   devices = list(jax.devices() if devices is None else devices)
   axes = tuple(_cfg(config, "mesh_axes", (DATA,)))
@@ -171,13 +138,9 @@ def _pad_axis(x: np.ndarray, axis: int, size: int) -> np.ndarray:
 
 
 class ShardingPlan:
-  """A mesh plus the rules placing state, batches and evaluation inputs on it.
-
-  Args:
-    mesh: the device mesh (axes ``'data'`` and optionally ``'model'``).
-    shard_rows_min: row-shard ``'embedding'`` leaves with at least this many rows along ``'model'``
-      (``≤ 0``: never).
-  """
+  """A ``mesh`` (axes ``'data'``, optionally ``'model'``) and the rules placing state, batches and
+  evaluation inputs on it; ``'embedding'`` leaves with ≥ ``shard_rows_min`` rows (``≤ 0``: never)
+  are row-sharded along ``'model'``."""
 
   def __init__(self, mesh: Mesh, shard_rows_min: int = 0):
     self.mesh = mesh
@@ -209,7 +172,8 @@ class ShardingPlan:
 
   # ---------------------------------------------------------------- state / variables
   def spec(self, path, shape: Sequence[int]) -> P:
-    """PartitionSpec of one state leaf: ``P('model')`` (rows) by the row rule, else ``P()``."""
+    """``P('model')`` for a leaf the row rule shards (if its rows divide; else a warning), or
+    ``P()``."""
     if (self.model_size <= 1 or self.shard_rows_min <= 0 or len(shape) < 2
         or shape[0] < self.shard_rows_min or "embedding" not in _path_keys(path)):
       return P()
@@ -247,11 +211,8 @@ class ShardingPlan:
     return NamedSharding(self.mesh, P(None, DATA))
 
   def put_batch(self, block: dict) -> dict:
-    """Pads the group axis with masked groups to a multiple of the data axis, then places it.
-
-    Args:
-      block: numpy ``users [S, G]``, ``items [S, G, M]``, ``group_mask [S, G]``, ``step_mask [S]``.
-    """
+    """Places a numpy block ``users [S, G]``, ``items [S, G, M]``, ``group_mask [S, G]``,
+    ``step_mask [S]``, G padded with masked groups to a multiple of the data axis."""
     g = block["users"].shape[BLOCK_GROUP_AXIS]
     gp = self.padded_groups(g)
     if gp != g and g not in self._padded:

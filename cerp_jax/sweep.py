@@ -1,42 +1,39 @@
 """Memory–accuracy frontier: every method at every byte budget, equal protocol, one command.
 
-``python sweep.py --config=configs/sweep_gowalla_mf.py --workdir=DIR`` runs, for each method of
-``config.sweep.methods`` (method specs ``<method>[@<value dtype>]``, e.g. ``full@int8``: sized for
-and packed in that value dtype after float32 training, :func:`cerp_jax.budget.parse_method`) and each
-budget fraction of ``config.sweep.budgets`` (of the full float32
-``[N, d_ref]`` table), the settings :mod:`cerp_jax.budget` solves for, through the same path as
-``train.py`` + ``eval.py``: :func:`cerp_jax.train.train_and_evaluate` (stage 1 for pruned methods,
-then retraining / training with early stopping on validation) and
-:func:`cerp_jax.report.evaluate_workdir` (pack with :mod:`cerp_jax.packing`, verify, evaluate on test).
+``python sweep.py --config=configs/sweep_gowalla_mf.py --workdir=DIR`` runs, for each method spec
+of ``config.sweep.methods`` (``<method>[@<value dtype>]``, e.g. ``full@int8``: sized for and packed
+in that value dtype after float32 training, :func:`cerp_jax.budget.parse_method`) and each budget
+fraction of ``config.sweep.budgets`` (of the full float32 ``[N, d_ref]`` table), the settings
+:mod:`cerp_jax.budget` solves for, through the same path as ``train.py`` + ``eval.py``:
+:func:`cerp_jax.train.train_and_evaluate` (stage 1 for pruned methods, then retraining / training
+with early stopping on validation) and :func:`cerp_jax.finalize.evaluate_workdir` (pack with
+:mod:`cerp_jax.packing`, verify, evaluate on test).
 
 Equal protocol: every run takes the base config's ``retrain`` schedule (batch, optimizer, L2, epoch
 cap), its ``eval`` selection and early stopping, and is repeated for every seed of
 ``config.sweep.seeds`` and every learning rate of ``config.sweep.lrs`` (the same grid for every
 method; the rate with the best mean validation selection metric is reported). Pruned methods (CERP,
 PEP) run the base config's stage 1 first — once for all budgets that differ only in their target
-(every PEP budget; CERP budgets of equal b), retraining each from that shared stage 1 — PEP without CERP's −Σ tanh² regularizer
-(``prune.gamma_init = 0``, :data:`METHOD_PROTOCOL`).
+(every PEP budget; CERP budgets of equal b), retraining each from that shared stage 1 — PEP without
+CERP's −Σ tanh² regularizer (``prune.gamma_init = 0``, :data:`METHOD_PROTOCOL`).
 
-Workdir::
+This module runs the sweep and keeps the shared stage-1 bookkeeping; the tables and the plot are
+:mod:`cerp_jax.sweep_report`'s. Workdir::
 
   plan.json, plan.md          the solver's settings per (method, budget)
   runs/<run>/                 a train.py workdir per (method, budget, seed, lr), plus eval.json and
                               sweep_run.json (the run's record; its presence marks the run finished)
+  runs/<method>_stage1_…/     a shared stage 1 (:func:`run_shared_stage1`)
   most_popular.json           test metrics of the most-popular ranking (a floor)
-  runs.csv                    one row per run
-  results.csv, results.md     one row per (method, budget): bytes, Recall@20, NDCG@20, train time
-  frontier.png                Recall@20 and NDCG@20 against packed bytes (log x), one line per method
-                              spec (method + value dtype)
+  runs.csv, results.csv, results.md, frontier.png    :func:`cerp_jax.sweep_report.write_results`
 
 Rerunning the same command skips finished runs and resumes unfinished ones from their checkpoints.
 """
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
-import math
 import os
 import time
 from typing import Optional, Sequence
@@ -44,23 +41,20 @@ from typing import Optional, Sequence
 from absl import logging
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 
 from cerp_jax import budget as budget_lib
 from cerp_jax import data as data_lib
 from cerp_jax import embeddings as emb_lib
 from cerp_jax import evaluation
-from cerp_jax import report
+from cerp_jax import finalize
+from cerp_jax import sweep_report
 from cerp_jax import train as train_lib
+from cerp_jax import workdir as workdir_lib
 
-# Fixed per-method protocol on top of the solver's sizing (documented in docs/frontier.md).
+# Fixed per-method protocol on top of the solver's sizing (docs/frontier.md).
 METHOD_PROTOCOL = {
     "pep": {"prune.gamma_init": 0.0},  # PEP has no regularizer; thresholds rise by the coupled decay
 }
-METHOD_LABELS = {"full": "full table (smaller d)", "qr": "QR", "hash": "hashing", "pep": "PEP",
-                 "cerp": "CERP"}
-HEADLINE = ("recall@20", "ndcg@20")
-LINESTYLES = {"float32": "-", "float16": ":", "int8": "--"}  # frontier.png, per value dtype
 
 
 # --------------------------------------------------------------------------------------------------
@@ -96,12 +90,6 @@ def _is_spec(spec) -> bool:
   except ValueError:
     return False
   return True
-
-
-def label(method: str, value_dtype: str = "float32") -> str:
-  """A method's name in tables and plots, with its value dtype: 'full table (smaller d), int8'."""
-  name = METHOD_LABELS.get(method, method)
-  return name if value_dtype == "float32" else f"{name}, {value_dtype}"
 
 
 def plan(config, num_entities: int) -> list[budget_lib.Setting]:
@@ -163,28 +151,6 @@ def run_name(setting: budget_lib.Setting, seed: int, lr: float) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _read_json(path: str):
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
-
-
-def _write_json(path: str, obj) -> None:
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-  os.replace(tmp, path)
-
-
-def _json_default(o):
-  if isinstance(o, np.integer):
-    return int(o)
-  if isinstance(o, np.floating):
-    return float(o)
-  if isinstance(o, (np.ndarray, tuple)):
-    return list(o)
-  raise TypeError(type(o))
-
-
 def stage1_key(setting: budget_lib.Setting) -> str:
   """What a pruned setting's stage 1 depends on besides its target: method and sizing overrides."""
   rest = {k: v for k, v in setting.overrides.items()
@@ -222,7 +188,7 @@ def _stage1_matches(rc, sdir: str) -> bool:
   path = os.path.join(sdir, "config.json")
   if not os.path.exists(path):
     return False
-  return not train_lib.stage1_diff(_read_json(path), rc)
+  return not workdir_lib.stage1_diff(workdir_lib.read_json(path), rc)
 
 
 def find_shared_stage1(config, setting: budget_lib.Setting, seed: int, workdir: str,
@@ -239,7 +205,7 @@ def find_shared_stage1(config, setting: budget_lib.Setting, seed: int, workdir: 
       continue
     summary = os.path.join(sdir, "prune", "summary.json")
     if os.path.exists(summary) and _stage1_matches(rc, sdir):
-      done = {float(t["target_sparsity"]) for t in _read_json(summary)["targets"]}
+      done = {float(t["target_sparsity"]) for t in workdir_lib.read_json(summary)["targets"]}
       if set(float(t) for t in targets) <= done:
         return sdir
   return None
@@ -250,8 +216,8 @@ def run_shared_stage1(config, members: Sequence[budget_lib.Setting], seed: int, 
   ``workdir/runs/<method>_stage1_<key hash>_<targets hash>_seed<seed>``; returns that folder.
 
   Each budget's snapshot is the one a run with that target alone takes (the first step at or under
-  its budget, spec §5), except for the original's one-budget-per-step rule: when a single step
-  crosses two budgets, the sparser one is taken at the next step that is still under it.
+  its budget), except for the authors' one-budget-per-step rule: when a single step crosses two
+  budgets, the sparser one is taken at the next step that is still under it.
   """
   targets = sorted({_target(m) for m in members})
   found = find_shared_stage1(config, members[0], seed, workdir, targets)
@@ -277,7 +243,7 @@ def _open_without_own_stage1(workdir: str, setting: budget_lib.Setting, seed: in
 def _prune_seconds(prune_dir: str, setting: budget_lib.Setting) -> float:
   """Stage-1 seconds to this setting's snapshot: the whole stage 1 for its own run; for a shared
   stage 1, its seconds pro rata to the step of this budget's snapshot (steps cost the same)."""
-  summary = _read_json(os.path.join(prune_dir, "prune", "summary.json"))
+  summary = workdir_lib.read_json(os.path.join(prune_dir, "prune", "summary.json"))
   (target,) = setting.overrides["target_sparsities"]
   rec = next(t for t in summary["targets"] if t["target_sparsity"] == float(target))
   if len(summary["targets"]) == 1 or rec["step"] is None or not summary["final_step"]:
@@ -296,14 +262,46 @@ def finished_record(config, setting: budget_lib.Setting, seed: int, lr: float,
   path = os.path.join(rdir, "sweep_run.json")
   if not os.path.exists(path):
     return None
-  rec = _read_json(path)
+  rec = workdir_lib.read_json(path)
   want = setting.to_dict()["overrides"]
   if rec["setting"]["overrides"] != want:
     raise ValueError(f"{rdir} holds a finished run with settings {rec['setting']['overrides']}, "
                      f"not {want}; remove it or use another --workdir")
-  train_lib._check_workdir_config(  # pylint: disable=protected-access (same protocol)
-      run_config(config, setting, seed, lr), rdir)
+  workdir_lib.check_config(run_config(config, setting, seed, lr), rdir)
   return rec
+
+
+def _evaluated_fields(config, setting: budget_lib.Setting, rdir: str, train_result: dict,
+                      prune_seconds: float, t0: float, shared_s: float) -> dict:
+  """The record fields of a trained run: packs and evaluates ``rdir`` on test (eval.py's path).
+
+  Args:
+    config: the sweep config (``config.sweep.window``).
+    setting: the run's setting.
+    rdir: the run's workdir, trained.
+    train_result: the run's entry of :func:`cerp_jax.train.train_and_evaluate`'s results.
+    prune_seconds: stage-1 seconds charged to this run (:func:`_prune_seconds`).
+    t0: ``time.perf_counter()`` when the run started; ``shared_s``: seconds of a shared stage 1
+      that ran before ``t0`` (added to ``wall_seconds``).
+  """
+  out = finalize.evaluate_workdir(rdir)
+  (row,) = out["results"]
+  packed = int(row["packed_bytes"])
+  lo, hi = config.sweep.window
+  fill = packed / setting.budget_bytes
+  return dict(
+      status="ok", packed_bytes=packed, fill=fill,
+      within_window=bool(setting.reference or lo <= fill <= hi),
+      nonzeros=int(row["nonzeros"]), layouts=row["packed_layouts"],
+      valid_selection=train_result["selection"]["value"],
+      selection=train_result["selection"], best_epoch=train_result["best_epoch"],
+      epochs=train_result["epochs"], prune_seconds=prune_seconds,
+      retrain_seconds=float(train_result["train_seconds"]),
+      train_seconds=prune_seconds + float(train_result["train_seconds"]),
+      wall_seconds=time.perf_counter() - t0 + shared_s,
+      num_users_evaluated=row["num_users_evaluated"], sampled=row["sampled"],
+      float32=row.get("float32"), quantized=row.get("quantized"),
+      **{k: v for k, v in row.items() if "@" in k})
 
 
 def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: str,
@@ -359,38 +357,21 @@ def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: 
                prune_seconds=prune_seconds, train_seconds=prune_seconds,
                wall_seconds=time.perf_counter() - t0 + shared_s)
     logging.warning("sweep: %s: stage 1 never reached the budget; no retraining, no result", name)
-    _write_json(record_path, rec)
+    workdir_lib.write_json(record_path, rec)
     return rec
   (train_result,) = results.values()
-  out = report.evaluate_workdir(rdir)
-  (row,) = out["results"]
-  packed = int(row["packed_bytes"])
-  lo, hi = config.sweep.window
-  fill = packed / setting.budget_bytes
-  rec.update(
-      status="ok", packed_bytes=packed, fill=fill,
-      within_window=bool(setting.reference or lo <= fill <= hi),
-      nonzeros=int(row["nonzeros"]), layouts=row["packed_layouts"],
-      valid_selection=train_result["selection"]["value"],
-      selection=train_result["selection"], best_epoch=train_result["best_epoch"],
-      epochs=train_result["epochs"], prune_seconds=prune_seconds,
-      retrain_seconds=float(train_result["train_seconds"]),
-      train_seconds=prune_seconds + float(train_result["train_seconds"]),
-      wall_seconds=time.perf_counter() - t0 + shared_s,
-      num_users_evaluated=row["num_users_evaluated"], sampled=row["sampled"],
-      float32=row.get("float32"), quantized=row.get("quantized"),
-      **{k: v for k, v in row.items() if "@" in k})
+  rec.update(_evaluated_fields(config, setting, rdir, train_result, prune_seconds, t0, shared_s))
   level = logging.INFO if rec["within_window"] else logging.WARNING
   logging.log(level, "sweep: %s: %s packed bytes = %.2f%% of the budget%s; test recall@20 %.4f "
-              "ndcg@20 %.4f", name, f"{packed:,}", 100 * fill,
+              "ndcg@20 %.4f", name, f"{rec['packed_bytes']:,}", 100 * rec["fill"],
               "" if rec["within_window"] else " — OUTSIDE the budget window", rec["recall@20"],
               rec["ndcg@20"])
-  _write_json(record_path, rec)
+  workdir_lib.write_json(record_path, rec)
   return rec
 
 
 # --------------------------------------------------------------------------------------------------
-# Aggregation and outputs
+# The most-popular floor
 # --------------------------------------------------------------------------------------------------
 
 
@@ -398,211 +379,15 @@ def most_popular(config, data: data_lib.Interactions, workdir: str) -> dict:
   """Test metrics of ranking items by training popularity (cached in ``most_popular.json``)."""
   path = os.path.join(workdir, "most_popular.json")
   if os.path.exists(path):
-    return _read_json(path)
+    return workdir_lib.read_json(path)
   ec = config.eval
   ev = evaluation.Evaluator(data, "test", ec.ks, ec.batch_size, user_sample=ec.test_user_sample,
                             seed=ec.sample_seed)
   pop = jnp.asarray(evaluation.most_popular_scores(data.train))
   res = ev.evaluate(lambda p, users: jnp.broadcast_to(p, (users.shape[0], p.shape[0])), pop)
   out = {k: v for k, v in res.items() if "@" in k or k in ("num_users_evaluated", "sampled")}
-  _write_json(path, out)
+  workdir_lib.write_json(path, out)
   return out
-
-
-def aggregate(records: Sequence[dict], metric_keys: Sequence[str]) -> list[dict]:
-  """One row per (method, value dtype, budget): the learning rate with the best mean validation selection value
-  over seeds, then means (and standard deviations) over its seeds.
-
-  Returns:
-    rows with ``method, value_dtype, budget_fraction, budget_bytes, reference, setting, lr, seeds, num_seeds,
-    packed_bytes`` (max over seeds), ``packed_bytes_min``, ``fill`` (max), ``within_window`` (all
-    seeds), ``nonzeros`` (mean), each metric's mean and ``<metric>_std``, ``valid_selection``,
-    ``train_seconds`` (mean), ``status``.
-  """
-  groups: dict = {}
-  for r in records:
-    key = (r["method"], r.get("value_dtype", "float32"), r["budget_fraction"], r["reference"])
-    groups.setdefault(key, []).append(r)
-  rows = []
-  for (method, value_dtype, frac, ref), recs in groups.items():
-    by_lr: dict = {}
-    for r in recs:
-      by_lr.setdefault(r["lr"], []).append(r)
-
-    def lr_score(item):
-      ok = [r for r in item[1] if r["status"] == "ok"]
-      return (len(ok) > 0, np.mean([r["valid_selection"] for r in ok]) if ok else -np.inf)
-
-    lr, chosen = max(sorted(by_lr.items()), key=lr_score)
-    ok = [r for r in chosen if r["status"] == "ok"]
-    row = {"method": method, "value_dtype": value_dtype, "budget_fraction": frac, "budget_bytes": chosen[0]["budget_bytes"],
-           "reference": ref, "setting": chosen[0]["summary"], "lr": lr,
-           "seeds": " ".join(str(r["seed"]) for r in chosen), "num_seeds": len(chosen),
-           "status": "ok" if len(ok) == len(chosen) else
-           ("partial" if ok else chosen[0]["status"])}
-    if ok:
-      packed = [r["packed_bytes"] for r in ok]
-      row.update(packed_bytes=max(packed), packed_bytes_min=min(packed),
-                 fill=max(packed) / row["budget_bytes"],
-                 within_window=all(r["within_window"] for r in ok),
-                 nonzeros=float(np.mean([r["nonzeros"] for r in ok])),
-                 valid_selection=float(np.mean([r["valid_selection"] for r in ok])),
-                 train_seconds=float(np.mean([r["train_seconds"] for r in ok])))
-      for k in metric_keys:
-        v = [r[k] for r in ok]
-        row[k] = float(np.mean(v))
-        row[k + "_std"] = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-    else:
-      row.update(packed_bytes=None, packed_bytes_min=None, fill=None, within_window=False,
-                 nonzeros=None, valid_selection=None,
-                 train_seconds=float(np.mean([r["train_seconds"] for r in chosen])))
-      for k in metric_keys:
-        row[k] = row[k + "_std"] = None
-    rows.append(row)
-  order = {m: i for i, m in enumerate(budget_lib.METHODS)}
-  dtypes = {d: i for i, d in enumerate(budget_lib.VALUE_DTYPES)}
-  rows.sort(key=lambda r: (r["reference"], order.get(r["method"], 99), dtypes[r["value_dtype"]],
-                           r["budget_fraction"]))
-  return rows
-
-
-def write_csv(path: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
-  """Writes rows (dicts) with the given columns; missing values are empty."""
-  tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w", newline="", encoding="utf-8") as f:
-    w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-      w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
-  os.replace(tmp, path)
-
-
-RESULT_COLUMNS = ("method", "value_dtype", "budget_fraction", "budget_bytes", "reference", "setting", "lr", "seeds",
-                  "num_seeds", "packed_bytes", "packed_bytes_min", "fill", "within_window",
-                  "nonzeros", "recall@20", "recall@20_std", "ndcg@20", "ndcg@20_std", "recall@50",
-                  "ndcg@50", "valid_selection", "train_seconds", "status")
-RUN_COLUMNS = ("name", "method", "value_dtype", "budget_fraction", "budget_bytes", "reference", "seed", "lr",
-               "summary", "status", "packed_bytes", "fill", "within_window", "nonzeros",
-               "recall@20", "ndcg@20", "recall@50", "ndcg@50", "valid_selection", "best_epoch",
-               "epochs", "prune_seconds", "retrain_seconds", "train_seconds", "wall_seconds")
-
-
-def _fmt(v, spec=".4f"):
-  return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
-
-
-def _metric_cell(r, k):
-  if r.get(k) is None:
-    return "–"
-  s = f"{r[k]:.4f}"
-  if r.get("num_seeds", 1) > 1:
-    s += f" ± {r[k + '_std']:.4f}"
-  return s
-
-
-def _seconds(v):
-  if v is None:
-    return "–"
-  return f"{v:.0f} s" if v < 120 else (f"{v / 60:.1f} min" if v < 7200 else f"{v / 3600:.1f} h")
-
-
-def markdown(rows: Sequence[dict], config, num_entities: int, pop: Optional[dict]) -> str:
-  """results.md: the protocol, the method × budget table, and pivots of Recall@20 and NDCG@20."""
-  sc, rc, ec = config.sweep, config.retrain, config.eval
-  full_bytes = budget_lib.packing.full_table_bytes(num_entities, sc.reference_dim)
-  sel = f"{ec.selection_split} {ec.selection_metric}"
-  lines = [
-      f"# Memory–accuracy frontier: {config.data.name} / {config.model.backbone}", "",
-      f"N = {num_entities:,} entities; budgets are fractions of the full float32 [N, "
-      f"{sc.reference_dim}] table ({full_bytes:,} bytes) and are measured as the size of the packed "
-      f"file (cerp_jax.packing); window [{sc.window[0]:.0%}, {sc.window[1]:.0%}] of each budget.",
-      f"Protocol (every method): retraining {rc.groups_per_step} triples/step, Adam lr grid "
-      f"{tuple(sc.lrs)} (best mean {sel} chosen), L2 {rc.l2_penalty:g}, ≤ {rc.max_epochs} epochs, "
-      f"evaluation every {ec.every_epochs} epochs, patience {ec.patience}, seeds {tuple(sc.seeds)}; "
-      f"CERP and PEP add stage 1 (pruning) before their lottery-ticket retraining. Test metrics of "
-      f"the selected checkpoint" + (" (± = std over seeds)." if len(sc.seeds) > 1 else "."),
-      "Train time = stage 1 + training steps of stage 2 (evaluations excluded), mean over seeds.",
-      "A method with a value dtype (e.g. 'full table (smaller d), int8' = `full@int8`) is sized for "
-      "tables packed in that dtype and trained in float32; its file is packed in that dtype after "
-      "training (post-training quantization) and its metrics are those of the packed tables.",
-      "", "| method | budget | setting | packed bytes | of budget | Recall@20 | NDCG@20 | train time |",
-      "|---|---|---|---|---|---|---|---|"]
-  for r in rows:
-    budget = "reference" if r["reference"] else f"{r['budget_fraction']:.1%}"
-    share = "–" if r.get("fill") is None else f"{r['fill']:.1%}" + (
-        "" if r["within_window"] else " ⚠ outside window")
-    bytes_ = "–" if r.get("packed_bytes") is None else f"{r['packed_bytes']:,}"
-    status = "" if r["status"] == "ok" else f" ({r['status']})"
-    lines.append(f"| {label(r['method'], r.get('value_dtype', 'float32'))} | {budget} | {r['setting']}"
-                 f"{status} | {bytes_} | {share} | {_metric_cell(r, 'recall@20')} | "
-                 f"{_metric_cell(r, 'ndcg@20')} | {_seconds(r.get('train_seconds'))} |")
-  if pop:
-    lines.append(f"| most popular | – | item popularity (no embedding) | – | – | {pop['recall@20']:.4f} | "
-                 f"{pop['ndcg@20']:.4f} | – |")
-  budgets = sorted(sc.budgets)
-  for k, title in (("recall@20", "Recall@20"), ("ndcg@20", "NDCG@20")):
-    lines += ["", f"## {title} by method × budget", "",
-              "| method | " + " | ".join(f"{b:.1%}" for b in budgets) + " |",
-              "|---|" + "---|" * len(budgets)]
-    for spec in sc.methods:
-      m, vdt = budget_lib.parse_method(spec)
-      cells = []
-      for b in budgets:
-        r = next((r for r in rows if (r["method"], r.get("value_dtype", "float32")) == (m, vdt) and
-                  r["budget_fraction"] == b and not r["reference"]), None)
-        cells.append("–" if r is None else _fmt(r.get(k)))
-      lines.append(f"| {label(m, vdt)} | " + " | ".join(cells) + " |")
-  ref = next((r for r in rows if r["reference"]), None)
-  if ref is not None and ref.get("recall@20") is not None:
-    lines += ["", f"Full table d={sc.reference_dim} (reference, {ref['packed_bytes']:,} bytes): "
-              f"Recall@20 {ref['recall@20']:.4f}, NDCG@20 {ref['ndcg@20']:.4f}."]
-  return "\n".join(lines) + "\n"
-
-
-def plot_frontier(path: str, rows: Sequence[dict], config, pop: Optional[dict],
-                  num_entities: int) -> None:
-  """frontier.png: Recall@20 and NDCG@20 against packed bytes (log x), one line per method spec
-  (method + value dtype: float16 dotted, int8 dashed, same marker as the method), a star
-  for the full table at d_ref, a dashed line for the most-popular ranking."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-  markers = {"full": "s", "qr": "^", "hash": "v", "pep": "D", "cerp": "o"}
-  for ax, (k, title) in zip(axes, (("recall@20", "Recall@20"), ("ndcg@20", "NDCG@20"))):
-    for spec in config.sweep.methods:
-      m, vdt = budget_lib.parse_method(spec)
-      pts = sorted((r["packed_bytes"], r[k], r.get(k + "_std") or 0.0) for r in rows
-                   if (r["method"], r.get("value_dtype", "float32")) == (m, vdt)
-                   and not r["reference"] and r.get(k) is not None)
-      if pts:
-        x, y, e = map(np.asarray, zip(*pts))
-        ax.errorbar(x, y, yerr=e if e.any() else None, marker=markers.get(m, "o"), capsize=3,
-                    linestyle=LINESTYLES[vdt], label=label(m, vdt))
-    ref = next((r for r in rows if r["reference"] and r.get(k) is not None), None)
-    if ref is not None:
-      ax.plot([ref["packed_bytes"]], [ref[k]], marker="*", markersize=15, color="black",
-              linestyle="none", label=f"full table d={config.sweep.reference_dim}")
-    if pop:
-      ax.axhline(pop[k], color="grey", linestyle="--", linewidth=1, label="most popular")
-    full_bytes = budget_lib.packing.full_table_bytes(num_entities, config.sweep.reference_dim)
-    for f in sorted(config.sweep.budgets):  # every budget of the sweep, labelled, run or not yet
-      ax.axvline(f * full_bytes, color="grey", linestyle=":", linewidth=1)
-      ax.annotate(f"{f:.1%}", (f * full_bytes, 1.0), xycoords=("data", "axes fraction"),
-                  xytext=(2, -10), textcoords="offset points", fontsize=7, color="grey")
-    ax.set_xscale("log")
-    ax.set_xlabel("packed embedding bytes (log)")
-    ax.set_ylabel(f"test {title}")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-  axes[0].legend(fontsize=8)
-  fig.suptitle(f"{config.data.name} / {config.model.backbone}: accuracy vs memory")
-  fig.tight_layout()
-  tmp = f"{path}.{os.getpid()}.tmp.png"
-  fig.savefig(tmp, dpi=130)
-  plt.close(fig)
-  os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -637,7 +422,7 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
   out = {"plan": [s.to_dict() for s in settings]}
   if workdir:
     os.makedirs(workdir, exist_ok=True)
-    _write_json(os.path.join(workdir, "plan.json"), {"num_entities": data.num_entities,
+    workdir_lib.write_json(os.path.join(workdir, "plan.json"), {"num_entities": data.num_entities,
                                                      "settings": out["plan"]})
     with open(os.path.join(workdir, "plan.md"), "w", encoding="utf-8") as f:
       f.write(table + "\n")
@@ -676,14 +461,7 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
   if not records:
     raise ValueError(f"{workdir}: no finished run to report yet")
   pop = most_popular(config, data, workdir)
-  metric_keys = sorted({k for r in records for k in r if "@" in k})
-  rows = aggregate(records, metric_keys)
-  write_csv(os.path.join(workdir, "runs.csv"), records, RUN_COLUMNS)
-  write_csv(os.path.join(workdir, "results.csv"), rows, RESULT_COLUMNS)
-  md = markdown(rows, config, data.num_entities, pop)
-  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
-    f.write(md)
-  plot_frontier(os.path.join(workdir, "frontier.png"), rows, config, pop, data.num_entities)
+  rows, md = sweep_report.write_results(workdir, records, config, data.num_entities, pop)
   outside = [r["name"] for r in records if r["status"] == "ok" and not r["within_window"]]
   if outside:
     logging.warning("sweep: packed bytes OUTSIDE the budget window for %s", outside)

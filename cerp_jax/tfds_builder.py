@@ -13,16 +13,18 @@ file order:
     back through ``tfds.data_source`` / ``builder.as_data_source()`` (TFDS's own numpy decoding; no
     TensorFlow involved);
   * metadata (``builder.info.metadata``, a ``tfds.core.MetadataDict`` saved as ``metadata.json``):
-    ``num_users``/``num_items`` (from ``user_list.txt``/``item_list.txt`` when present, else max id + 1,
-    as :func:`cerp_jax.data.load_lightgcn` settles them without config overrides), the list counts and
-    max ids separately (so config overrides can be settled the same way on load), the source paths,
-    line, example and pair counts, and a SHA-256 fingerprint of the source files.
+    ``num_users``/``num_items`` (from ``user_list.txt``/``item_list.txt`` when present, else max
+    id + 1, as :func:`cerp_jax.readers.load_lightgcn` settles them without config overrides), the
+    list counts and max ids separately (so config overrides can be settled the same way on load),
+    the source paths, line, example and pair counts, and a SHA-256 fingerprint of the source files.
 
 Builder configs: ``gowalla``, ``amazon_book_kgat``, ``ml1m_m1`` (plus a generic config built on the fly
 for any other folder, see :func:`config_for`). Files come from the manual dir
 (``tfds.download.DownloadConfig(manual_dir=<the dataset folder>)``). Parsing and validation reuse
-:func:`cerp_jax.data.load_lightgcn` / :func:`cerp_jax.data.read_lightgcn_file`, so a malformed file raises
-the very same :class:`cerp_jax.data.DataError` (file, line, token) as the plain text loader.
+:func:`cerp_jax.readers.load_lightgcn` / :func:`cerp_jax.readers.read_lightgcn_file`, so a malformed
+file raises the very same :class:`cerp_jax.readers.DataError` (file, line, token) as the plain text
+loader. :func:`cerp_jax.data.load_interactions` calls :func:`load_pairs` (this module never
+imports :mod:`cerp_jax.data`).
 
 Gowalla only: when the manual dir holds no ``train.txt``, the four files are downloaded from the public
 LightGCN-PyTorch repository (:data:`GOWALLA_URL_ROOT`). The connection is probed first with a short
@@ -33,16 +35,7 @@ retry loop of TFDS's download manager.
 Typical use::
 
   from cerp_jax import tfds_builder
-  train, test, nu, ni, source = tfds_builder.load_pairs("/work/shared/data/gowalla", "gowalla")
-
-or, through TFDS directly (one dict per user line)::
-
-  import tensorflow_datasets as tfds
-  ds = tfds.data_source(
-      "lightgcn_interactions/gowalla", split="train", data_dir="/tmp/tfds",
-      download_and_prepare_kwargs=dict(download_config=tfds.download.DownloadConfig(
-          manual_dir="/work/shared/data/gowalla")))
-  ds[0]  # {"user": 0, "items": array([...]), "line": 1}
+  train, test, nu, ni, source = tfds_builder.load_pairs("../shared/data/gowalla", "gowalla")
 """
 
 from __future__ import annotations
@@ -63,7 +56,7 @@ from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 
-from cerp_jax import data
+from cerp_jax import readers
 
 # Public LightGCN-PyTorch copy of the Gowalla files (train/test/user_list/item_list.txt).
 GOWALLA_URL_ROOT = (
@@ -79,7 +72,7 @@ SOURCE_FILES = ("train.txt", "test.txt", "user_list.txt", "item_list.txt")
 SPLITS = ("train", "test")
 
 
-class DownloadError(data.DataError):
+class DownloadError(readers.DataError):
   """The public copy of a dataset could not be downloaded (offline, unreachable host, HTTP error)."""
 
 
@@ -150,20 +143,15 @@ class SplitLines:
     return len(self.users)
 
   @classmethod
-  def from_pairs(cls, pairs: data.Pairs) -> "SplitLines":
-    """Groups the pairs :func:`cerp_jax.data.read_lightgcn_file` read from ``pairs.path`` by line.
+  def from_pairs(cls, pairs: readers.Pairs) -> "SplitLines":
+    """The user lines of ``pairs.path``, grouping the pairs
+    :func:`~cerp_jax.readers.read_lightgcn_file` read from it.
 
     ``Pairs`` drop the lines that hold a user but no item; those users are taken from the first
     token of every non-blank line of the (already validated) file.
 
-    Args:
-      pairs: the file's pairs, as read by :func:`cerp_jax.data.read_lightgcn_file`.
-
-    Returns:
-      The file's user lines.
-
     Raises:
-      cerp_jax.data.DataError: the file no longer matches ``pairs`` (it changed while being read).
+      readers.DataError: the file no longer matches ``pairs`` (it changed while being read).
     """
     users, lines = [], []
     num_lines = 0
@@ -181,15 +169,15 @@ class SplitLines:
     counts = np.diff(offsets)
     if (num_lines != pairs.num_lines or not np.array_equal(np.repeat(lines_a, counts), pairs.lines)
         or not np.array_equal(np.repeat(users_a, counts), pairs.users)):
-      raise data.DataError(f"{pairs.path}: the file changed while being read; try again")
+      raise readers.DataError(f"{pairs.path}: the file changed while being read; try again")
     return cls(pairs.path, int(pairs.num_lines), users_a, lines_a, offsets,
                np.asarray(pairs.items, np.int64))
 
-  def to_pairs(self) -> data.Pairs:
-    """The same file as :class:`cerp_jax.data.Pairs` (one entry per (user, item) pair)."""
+  def to_pairs(self) -> readers.Pairs:
+    """The same file as :class:`cerp_jax.readers.Pairs` (one entry per (user, item) pair)."""
     counts = np.diff(self.offsets)
-    return data.Pairs(self.path, np.repeat(self.users, counts), self.items,
-                      np.repeat(self.lines, counts), self.num_lines)
+    return readers.Pairs(self.path, np.repeat(self.users, counts), self.items,
+                         np.repeat(self.lines, counts), self.num_lines)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,7 +198,7 @@ class Source:
 
 
 def read_source(directory: os.PathLike | str) -> Source:
-  """Reads and validates a LightGCN folder with :func:`cerp_jax.data.load_lightgcn`.
+  """Reads and validates a LightGCN folder with :func:`cerp_jax.readers.load_lightgcn`.
 
   Args:
     directory: folder holding ``train.txt``/``test.txt`` and optionally ``user_list.txt``/
@@ -220,15 +208,15 @@ def read_source(directory: os.PathLike | str) -> Source:
     The folder's :class:`Source`.
 
   Raises:
-    cerp_jax.data.DataError: exactly as :func:`cerp_jax.data.load_lightgcn` (missing or empty file,
+    readers.DataError: exactly as :func:`cerp_jax.readers.load_lightgcn` (missing or empty file,
       non-integer token, negative id, empty split), or a file changed while being read.
   """
   directory = pathlib.Path(directory)
   fingerprint = source_fingerprint(directory)
   # Same reader, same validation, same messages as the plain text loader.
-  train, test, _, _, _ = data.load_lightgcn(directory)
-  nu_list = data._count_from_list(directory / "user_list.txt")  # pylint: disable=protected-access
-  ni_list = data._count_from_list(directory / "item_list.txt")  # pylint: disable=protected-access
+  train, test, _, _, _ = readers.load_lightgcn(directory)
+  nu_list = readers.count_from_list(directory / "user_list.txt")
+  ni_list = readers.count_from_list(directory / "item_list.txt")
   max_u = int(max(train.users.max(), test.users.max())) + 1
   max_i = int(max(train.items.max(), test.items.max())) + 1
   splits = {"train": SplitLines.from_pairs(train), "test": SplitLines.from_pairs(test)}
@@ -265,7 +253,7 @@ class LightgcnInteractions(tfds.core.GeneratorBasedBuilder):
   tfds.download.DownloadConfig(manual_dir=<folder with train.txt/test.txt>))``.
 
   Raises (from ``download_and_prepare``):
-    cerp_jax.data.DataError: malformed files, exactly as :func:`cerp_jax.data.load_lightgcn`; no
+    readers.DataError: malformed files, exactly as :func:`cerp_jax.readers.load_lightgcn`; no
       ``train.txt`` in the manual dir and no public copy.
     DownloadError: no ``train.txt`` in the manual dir and the public copy could not be fetched.
   """
@@ -281,7 +269,7 @@ class LightgcnInteractions(tfds.core.GeneratorBasedBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
   Pass the dataset folder itself (the one holding train.txt and test.txt, and optionally
   user_list.txt / item_list.txt) as the manual dir, e.g.
-  tfds.download.DownloadConfig(manual_dir="/work/shared/data/gowalla"), or call
+  tfds.download.DownloadConfig(manual_dir="../shared/data/gowalla"), or call
   cerp_jax.tfds_builder.load_pairs(directory, name). Gowalla can also be downloaded from the public
   LightGCN-PyTorch repository when online.
   """
@@ -322,16 +310,8 @@ class LightgcnInteractions(tfds.core.GeneratorBasedBuilder):
 
   def download_and_prepare(self, *, download_config: Optional[
       tfds.download.DownloadConfig] = None, **kwargs: Any) -> None:
-    """``GeneratorBasedBuilder.download_and_prepare``, remembering the manual dir for messages.
-
-    Args:
-      download_config: as for TFDS; ``manual_dir`` is the LightGCN folder.
-      **kwargs: forwarded.
-
-    Raises:
-      cerp_jax.data.DataError: see the class docstring.
-      DownloadError: see the class docstring.
-    """
+    """``GeneratorBasedBuilder.download_and_prepare`` (``download_config.manual_dir``: the LightGCN
+    folder), remembering the manual dir for messages. Raises as the class docstring says."""
     self._requested_manual_dir = (
         os.fspath(download_config.manual_dir)
         if download_config is not None and download_config.manual_dir else None)
@@ -341,7 +321,7 @@ class LightgcnInteractions(tfds.core.GeneratorBasedBuilder):
     """Reads and validates the source, records the counts in ``info.metadata``; one generator a split.
 
     Raises:
-      cerp_jax.data.DataError: as :func:`read_source`.
+      readers.DataError: as :func:`read_source`.
       DownloadError: the download fallback failed.
     """
     source_dir = self._source_dir(dl_manager)
@@ -363,7 +343,7 @@ class LightgcnInteractions(tfds.core.GeneratorBasedBuilder):
 
     Raises:
       DownloadError: download needed and failed.
-      cerp_jax.data.DataError: no manual files and no public copy for this config.
+      readers.DataError: no manual files and no public copy for this config.
     """
     configured = self._requested_manual_dir  # for messages (TFDS raises when it is empty)
     try:
@@ -376,7 +356,7 @@ class LightgcnInteractions(tfds.core.GeneratorBasedBuilder):
     if not config.url_root:
       if manual is not None:
         return manual  # load_lightgcn names the missing file exactly like the plain loader
-      raise data.DataError(
+      raise readers.DataError(
           f"{self.name}/{config.name}: no train.txt in the manual dir {configured} (missing or "
           f"empty) and no public download for this dataset. {_HOW_TO_PASS_DATA}")
     return self._download(dl_manager, config, manual or configured)
@@ -418,8 +398,7 @@ def probe_url(url: str, name: str = "", timeout: Optional[float] = None) -> None
   ``timeout`` seconds even where the resolver itself would block.
 
   Args:
-    url: the URL to probe.
-    name: dataset name, for the message.
+    url: the URL to probe; ``name``: dataset name, for the message.
     timeout: seconds; defaults to :data:`PROBE_TIMEOUT_S`.
 
   Raises:
@@ -456,14 +435,8 @@ def probe_url(url: str, name: str = "", timeout: Optional[float] = None) -> None
 
 
 def source_fingerprint(directory: os.PathLike | str) -> str:
-  """SHA-256 over the names and bytes of the LightGCN files present in ``directory``.
-
-  Args:
-    directory: a LightGCN folder.
-
-  Returns:
-    Hex digest (str); files in :data:`SOURCE_FILES` that are absent are skipped.
-  """
+  """Hex SHA-256 over the names and bytes of the files of :data:`SOURCE_FILES` present in the
+  LightGCN folder ``directory`` (absent ones are skipped)."""
   directory = pathlib.Path(directory)
   digest = hashlib.sha256()
   for f in SOURCE_FILES:
@@ -477,19 +450,12 @@ def source_fingerprint(directory: os.PathLike | str) -> str:
 
 
 def config_for(name: str, directory: os.PathLike | str) -> LightGCNConfig:
-  """Picks the builder config for a dataset name (or, failing that, the folder's name).
+  """The :class:`LightGCNConfig` for a dataset name (or, failing that, the folder's name).
 
   ``name`` is matched case-insensitively with ``-`` read as ``_`` against the known datasets
   (``gowalla``, ``amazon_book_kgat``/``amazon-book-kgat``, ``ml1m_m1``/``movielens-1m-m1``); when it
   matches none, the folder's base name is tried; when that matches none either, a generic config
   named ``folder_<basename>_<hash of the absolute path>`` is returned (no download).
-
-  Args:
-    name: dataset name (e.g. ``config.data.name``); may be empty.
-    directory: the dataset folder.
-
-  Returns:
-    A :class:`LightGCNConfig` (one of ``LightgcnInteractions.BUILDER_CONFIGS`` when known).
   """
   directory = pathlib.Path(directory)
   known = {c.name: c for c in LightgcnInteractions.BUILDER_CONFIGS}
@@ -508,33 +474,28 @@ def prepare(directory: os.PathLike | str, name: str = "",
             tfds_data_dir: Optional[os.PathLike | str] = None) -> LightgcnInteractions:
   """Prepares (if needed) the TFDS dataset for a LightGCN folder and returns a builder to read it.
 
-  An already prepared dataset is reused when its recorded source fingerprint matches the files now
-  in ``directory``, and regenerated otherwise (so a changed folder, or another folder under the
-  same config name, never serves stale data). The new files are read and validated *before* the
-  old prepared copy is replaced: when they are malformed the DataError comes out and the old copy
-  stays as it was (TFDS itself writes into a temporary folder and renames it when complete, so no
-  half-written dataset is ever left either). When ``directory`` holds no ``train.txt`` the prepared
-  data is reused as is (downloaded datasets), else downloaded if the config has a public copy.
+  A prepared dataset is reused when its recorded source fingerprint matches the files now in
+  ``directory``, else regenerated (a changed folder, or another folder under the same config name,
+  never serves stale data). The new files are validated *before* the old copy is replaced: when
+  they are malformed the DataError comes out and the old copy stays as it was (TFDS writes into a
+  temporary folder and renames it when complete). When ``directory`` holds no ``train.txt`` the
+  prepared data is reused as is (downloaded datasets), else downloaded if the config has a public
+  copy.
 
   Args:
-    directory: the LightGCN folder (the manual dir).
-    name: dataset name, see :func:`config_for`.
-    tfds_data_dir: TFDS data dir; default ``$TFDS_DATA_DIR``, else TFDS's default
-      (``~/tensorflow_datasets``).
-
-  Returns:
-    A prepared :class:`LightgcnInteractions` builder.
+    directory: the LightGCN folder (the manual dir); ``name``: see :func:`config_for`.
+    tfds_data_dir: TFDS data dir; default ``$TFDS_DATA_DIR``, else ``~/tensorflow_datasets``.
 
   Raises:
-    cerp_jax.data.DataError: as :func:`cerp_jax.data.load_lightgcn` (including ``train.txt: file not
-      found`` when the folder lacks it and there is no public copy).
+    readers.DataError: as :func:`cerp_jax.readers.load_lightgcn` (including ``train.txt: file
+      not found`` when the folder lacks it and there is no public copy).
     DownloadError: the download fallback failed.
   """
   directory = pathlib.Path(directory)
   config = config_for(name, directory)
   has_files = (directory / "train.txt").exists()
   if not has_files and not config.url_root:
-    data.read_lightgcn_file(directory / "train.txt")  # raises the plain loader's "file not found"
+    readers.read_lightgcn_file(directory / "train.txt")  # raises the plain loader's "file not found"
   data_dir = os.fspath(tfds_data_dir) if tfds_data_dir else (os.environ.get("TFDS_DATA_DIR") or None)
   builder = LightgcnInteractions(config=config, data_dir=data_dir)
   prepared = builder.is_prepared()
@@ -592,8 +553,8 @@ def read_split(builder: tfds.core.DatasetBuilder, split: str) -> SplitLines:
 
 def load_pairs(directory: os.PathLike | str, name: str = "",
                tfds_data_dir: Optional[os.PathLike | str] = None, num_users: int = 0,
-               num_items: int = 0) -> tuple[data.Pairs, data.Pairs, int, int, dict[str, str]]:
-  """:func:`cerp_jax.data.load_lightgcn`, read through TFDS (array_record, prepared on first use).
+               num_items: int = 0) -> tuple[readers.Pairs, readers.Pairs, int, int, dict[str, str]]:
+  """:func:`~cerp_jax.readers.load_lightgcn`, read through TFDS (array_record, prepared on first use).
 
   Args:
     directory: the LightGCN folder (``train.txt``/``test.txt``, optional ``user_list.txt``/
@@ -606,14 +567,15 @@ def load_pairs(directory: os.PathLike | str, name: str = "",
 
   Returns:
     ``(train_pairs, test_pairs, num_users, num_items, source)``, equal to what
-    :func:`cerp_jax.data.load_lightgcn` returns for the same folder: :class:`cerp_jax.data.Pairs` with
-    int64 ``[n]`` ``users``/``items``/``lines`` in file order (each line's items repeat its user and
-    line number), the source ``path`` and ``num_lines``; the counts settled the same way (list file,
-    else config, else max id + 1) and ``source`` = ``{"user": where the user count came from,
-    "item": …}`` with the same wording.
+    :func:`cerp_jax.readers.load_lightgcn` returns for the same folder:
+    :class:`cerp_jax.readers.Pairs` with int64 ``[n]`` ``users``/``items``/``lines`` in file order
+    (each line's items repeat its user and line number), the source ``path`` and ``num_lines``; the
+    counts settled the same way (:func:`cerp_jax.readers.settle_count`: list file, else config, else
+    max id + 1) and ``source`` = ``{"user": where the user count came from, "item": …}`` with the
+    same wording.
 
   Raises:
-    cerp_jax.data.DataError: malformed or missing files, the same message as the plain loader.
+    readers.DataError: malformed or missing files, the same message as the plain loader.
     DownloadError: Gowalla without local files, and the download failed.
   """
   directory = pathlib.Path(directory)
@@ -627,7 +589,7 @@ def load_pairs(directory: os.PathLike | str, name: str = "",
       lines = dataclasses.replace(lines, path=str(directory / f"{split}.txt"))
     pairs.append(lines.to_pairs())
   list_dir = directory if local else pathlib.Path(meta["source_dir"])
-  settle = data._settle  # pylint: disable=protected-access
+  settle = readers.settle_count
   nu, su = settle(meta["num_users_from_list"], num_users, int(meta["max_user_id_plus_one"]),
                   list_dir / "user_list.txt")
   ni, si = settle(meta["num_items_from_list"], num_items, int(meta["max_item_id_plus_one"]),

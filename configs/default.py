@@ -1,11 +1,11 @@
-"""Project defaults (DECISIONS.md): the spec's model, optimizer and pruning values plus cerp_jax's
-improvements (resampled negatives, a validation split, selection on validation NDCG@20).
+"""Project defaults: the paper's model, optimizer and pruning values plus cerp_jax's changes to the
+protocol (resampled negatives, a validation split, selection on validation NDCG@20).
 
 Presets: ``:fast`` starts the thresholds at the weights' scale (skips stage 1's idle ~90 k steps;
 configs/gowalla_mlp.py adds a larger coupled decay on the thresholds and a ramp of their multiplier
 gk, which the MLP needs);
-``--config=configs/<x>.py:parity`` reproduces the original protocol (fixed negatives, the
-original's epoch, no validation split, test NDCG@5 selection, per-metric maxima); ``:full`` trains the
+``--config=configs/<x>.py:parity`` reproduces the authors' protocol (fixed negatives, the authors'
+epoch, no validation split, test NDCG@5 selection, per-metric maxima); ``:full`` trains the
 uncompressed full table with the same code (the reference). Arguments combine with commas
 (``:parity,full``).
 """
@@ -15,7 +15,7 @@ import ml_collections
 
 def get_config(arg: str = ""):
   c = ml_collections.ConfigDict()
-  c.seed = 3407                  # spec §4.3 (CERP): init, samplers of both stages.
+  c.seed = 3407                  # the authors' CERP seed: init, samplers of both stages.
   c.stage = "all"                # 'prune' | 'retrain' | 'all'.
   c.progress_bar = True          # tqdm bars with ETA.
   c.checkpoint_every_steps = 20_000  # also at every epoch end / evaluation.
@@ -48,12 +48,12 @@ def get_config(arg: str = ""):
 
   c.model = ml_collections.ConfigDict()
   c.model.embedding = "cerp"     # 'cerp' | 'full' | 'qr' | 'hash' | 'pep' (cerp_jax/baselines.py).
-  c.model.backbone = "mf"        # 'mf' | 'mlp' (spec §4.4) | 'lightgcn' (spec §4.5).
+  c.model.backbone = "mf"        # 'mf' | 'mlp' (NCF-style) | 'lightgcn'.
   c.model.dim = 128              # d.
   c.model.bucket_size = 1000     # b: CERP rows of P and Q (needs ceil(N/b) ≤ b); QR remainder rows.
   c.model.combine = "sum"        # 'sum' (paper) | 'concat'.
   c.model.threshold_type = "element-wise"  # | 'global'.
-  c.model.threshold_init = -100.0          # spec §2.
+  c.model.threshold_init = -100.0          # the paper's: σ(−100) ≈ 0, nothing pruned at first.
   c.model.threshold_init_method = "all_ones"
   c.model.threshold_init_scale = 0.0  # > 0: init = logit(scale·sqrt(6/(b+d))) instead (:fast).
   c.model.full_init = "normal"   # full table: N(0, std²) | 'xavier_uniform'.
@@ -67,14 +67,14 @@ def get_config(arg: str = ""):
   c.model.mlp_num_layers = 3
   c.model.mlp_dropout = 0.0
   c.model.mlp_eval_item_chunk = 2048
-  c.model.gcn_num_layers = 3      # LightGCN layers L (spec §4.5).
+  c.model.gcn_num_layers = 3      # LightGCN layers L (the paper's 3).
 
   c.sampling = ml_collections.ConfigDict()
-  c.sampling.mode = "resample"   # 'resample' each epoch | 'fixed' once (original).
-  c.sampling.epoch = "positives" # 'positives' (all train positives) | 'parity' (original's draws).
+  c.sampling.mode = "resample"   # 'resample' each epoch | 'fixed' once (the authors').
+  c.sampling.epoch = "positives" # 'positives' (all train positives) | 'parity' (the authors' draws).
   c.sampling.triples_per_positive = 1  # >1: that many (u, pos, neg) triples per positive, K=1 each.
 
-  c.prune = ml_collections.ConfigDict()  # stage 1 (spec §3, §4.1–4.3, §5).
+  c.prune = ml_collections.ConfigDict()  # stage 1: pruning with the paper's settings.
   c.prune.groups_per_step = 10   # (user, positive) groups per step; 10 × 6 = 60 rows.
   c.prune.num_negatives = 5      # K.
   c.prune.eta = 100.0            # η of −Σ tanh²(η·e).
@@ -90,7 +90,7 @@ def get_config(arg: str = ""):
   c.prune.steps_per_block = 1000 # steps fused in one compiled scan.
 
   c.retrain = ml_collections.ConfigDict()  # stage 2 and the full-table reference.
-  c.retrain.groups_per_step = 2048  # MF: 2048 (user, pos, neg) triples (DECISIONS.md).
+  c.retrain.groups_per_step = 2048  # MF: 2048 (user, pos, neg) triples, LightGCN's batch.
   c.retrain.num_negatives = 1
   c.retrain.l2_penalty = 5e-5    # 1e-4 × ½ (LightGCN-PyTorch's decay × ½‖·‖²).
   c.retrain.lr = 1e-3
@@ -112,7 +112,7 @@ def get_config(arg: str = ""):
                                  # before / after the first step of epochs 0, every, … (the authors'
                                  # LightGCN / NCF code; the parity presets).
   c.eval.patience = 5            # evaluations without improvement before stopping.
-  c.eval.report = "best"         # 'best' checkpoint | 'per_metric_max' (original).
+  c.eval.report = "best"         # 'best' checkpoint | 'per_metric_max' (the authors').
 
   c.pack = ml_collections.ConfigDict()  # eval.py's packed file (an eval-time option: not resumed on)
   c.pack.value_dtype = "float32"  # 'float32' | 'float16' | 'int8' (symmetric per-row scales); PTQ.
@@ -133,7 +133,8 @@ def get_config(arg: str = ""):
 
 
 def apply_parity(c):
-  """The original's protocol (DECISIONS.md, Presets; spec §4.1, §6)."""
+  """The authors' protocol: fixed negatives and their epoch, no validation split, selection on test
+  NDCG@5 with their evaluation moments, per-metric maxima."""
   c.sampling.mode = "fixed"
   c.sampling.epoch = "parity"
   c.data.valid_fraction = 0.0

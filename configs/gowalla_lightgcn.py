@@ -1,4 +1,4 @@
-"""CERP with the LightGCN backbone on Gowalla, the paper's settings (spec §4.5–4.6).
+"""CERP with the LightGCN backbone on Gowalla, the paper's settings.
 
 Stage 1: 10 groups × (1+5) per step with a full 3-layer propagation over the ~1.6 M edges at every
 step, thresholds from −100 (≈ 100 k steps before pruning starts): minutes on a GPU, ~1 s/step on a
@@ -19,13 +19,13 @@ def get_config(arg: str = ""):
 
 
 def lightgcn_settings(c, parity: bool = False):
-  """The LightGCN stage-2 recipe (spec §4.6) on top of a default config."""
+  """The LightGCN stage-2 recipe (LightGCN-PyTorch's) on top of a default config."""
   c.model.backbone = "lightgcn"
   c.model.gcn_num_layers = 3
   c.prune.steps_per_block = 50
   c.retrain.groups_per_step = 2048
   c.retrain.num_negatives = 1
-  c.retrain.l2_penalty = 5e-5    # decay 1e-4 × l2_penalty ½ (spec §4.6)
+  c.retrain.l2_penalty = 5e-5    # LightGCN-PyTorch's decay 1e-4 × ½‖·‖²
   c.retrain.lr = 1e-3
   c.retrain.weight_decay = 0.0
   c.retrain.grad_clip = 0.0
@@ -36,7 +36,7 @@ def lightgcn_settings(c, parity: bool = False):
   c.eval.batch_size = 1024
   c.checkpoint_every_steps = 2000
   if parity:
-    c.sampling.triples_per_positive = 5  # 5 triples per sampled (user, positive), fixed (spec §4.6)
+    c.sampling.triples_per_positive = 5  # the authors' 5 triples per sampled (user, positive), fixed
     c.eval.timing = "start"  # the LightGCN code evaluates before epochs 0, 10, 20, …
     c.seed = 2020
   return c

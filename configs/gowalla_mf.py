@@ -1,4 +1,4 @@
-"""CERP with the MF backbone on Gowalla (paper's stage-1 settings; MF retraining per DECISIONS.md).
+"""CERP with the MF backbone on Gowalla (the paper's stage-1 settings; the defaults' MF retraining).
 
 python train.py --config=configs/gowalla_mf.py --workdir=runs/gowalla_mf
 Reference: --config=configs/gowalla_mf.py:full (the full [N, 128] table trained by the same code).

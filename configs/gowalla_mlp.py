@@ -1,8 +1,8 @@
-"""CERP with the paper's NCF-style MLP backbone on Gowalla (spec §4.4).
+"""CERP with the paper's NCF-style MLP backbone on Gowalla.
 
 On CPU the evaluation scores a seeded sample of users (eval.user_sample / test_user_sample; every
 output says so, with a 95 % interval); set both to 0 on a GPU for full ranking. Retraining follows the
-original MLP recipe (10 groups × (1+5), coupled wd 1e-5, clip 100). ``:fast`` adds, for this backbone,
+authors' MLP recipe (10 groups × (1+5), coupled wd 1e-5, clip 100). ``:fast`` adds, for this backbone,
 a coupled decay of 1e-3 on the thresholds S_P, S_Q (``prune.threshold_weight_decay``) and a threshold
 multiplier ramp gk = 1 + step/10,000 (``prune.gk_ramp_steps``).
 """
@@ -28,12 +28,9 @@ def get_config(arg: str = ""):
   c.eval.user_sample = 500
   c.eval.test_user_sample = 500
   if "fast" in (arg or "").split(","):
-    # The :fast init alone stalls near 0.2 sparsity on this backbone (docs/results/faithful_vs_fast.md, Faithful vs fast):
-    # (1) once the loss reaches a threshold, Adam normalises its coupled decay wd·s by a loss
-    #     gradient ~25× larger, so s rises only ≈ lr·wd·|s|/rms(grad) per step: a 100× decay on
-    #     the thresholds only (every other parameter keeps 1e-5) restores the rise;
-    # (2) decay pulls s to 0, so σ(s) ≤ 0.5, while the surviving entries grow past 0.5: the
-    #     threshold multiplier gk = 1 + step/10k lifts that ceiling.
+    # The :fast init alone stalls near 0.2 sparsity on this backbone; a 100× coupled decay on the
+    # thresholds only and a threshold multiplier ramp restore pruning
+    # (docs/results/faithful_vs_fast.md).
     c.prune.threshold_weight_decay = 1e-3
     c.prune.gk_ramp_steps = 10_000
   return c

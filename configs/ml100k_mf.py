@@ -1,9 +1,9 @@
 """CERP + MF on the real MovieLens-100K (raw u.data, seeded per-user 80/20 split): minutes on CPU.
 
-NOT the paper's threshold init: thresholds start at −8 instead of −100 (and b = 1024, 2bd = 78 % of the full table: MF on this
-small dataset loses much accuracy at smaller b, falling below a most-popular ranking) so that stage 1
-prunes within a few epochs of this small dataset; with −100 pruning starts only after ~90k steps
-(spec §2). Everything else follows the defaults.
+Not the paper's threshold init: thresholds start at −8 instead of −100, so that stage 1 prunes
+within a few epochs of this small dataset (from −100, pruning starts only after ~90 k steps).
+b = 1024 (2bd = 78 % of the full table): at smaller b, MF on this dataset falls below a most-popular
+ranking. Everything else follows the defaults.
 """
 
 from configs import default

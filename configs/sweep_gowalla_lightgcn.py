@@ -3,7 +3,7 @@
   python sweep.py --config=configs/sweep_gowalla_lightgcn.py --workdir=runs/sweep_gowalla_lightgcn
 
 Same methods, budgets (of the full float32 [N, 128] table) and solver as the MF sweep; every method
-takes LightGCN's stage-2 recipe (spec §4.6: 2048 triples/step, Adam 1e-3, L2 1e-4·½, ≤ 1000 epochs,
+takes LightGCN's stage-2 recipe (2048 triples/step, Adam 1e-3, L2 1e-4·½, ≤ 1000 epochs,
 validation NDCG@20 every 10 epochs, patience 3); CERP and PEP first run stage 1 with a full
 propagation per step. On a 2-core CPU a single run takes hours: use a GPU.
 """

@@ -6,10 +6,10 @@
 Every method (full table at smaller d, QR, hashing, PEP, CERP) at 2.5 %, 5 % and 10 % of the
 full float32 [N, 128] table (add 0.25 with ``--config.sweep.budgets='(0.025,0.05,0.1,0.25)'``: CERP's
 stage 1 there, b = 16,667, is ~2.5 h on a 2-core CPU, since every step's Adam update covers all
-4·b·d entries of P, Q and their thresholds), sized by cerp_jax/budget.py, trained with the MF retraining protocol of
-DECISIONS.md (2048 triples/step, Adam 1e-3, L2 1e-4·½, ≤ 300 epochs, validation NDCG@20 every 5
-epochs, patience 5); CERP and PEP first run the paper's stage 1 (10 groups × (1+5), Adam 1e-3 with
-coupled decay 1e-5, clip 100), CERP's thresholds from −100 and PEP's from −15.
+4·b·d entries of P, Q and their thresholds), sized by cerp_jax/budget.py, trained with the
+defaults' MF retraining protocol (2048 triples/step, Adam 1e-3, L2 1e-4·½, ≤ 300 epochs, validation
+NDCG@20 every 5 epochs, patience 5); CERP and PEP first run the paper's stage 1 (10 groups ×
+(1+5), Adam 1e-3 with coupled decay 1e-5, clip 100), CERP's thresholds from −100 and PEP's from −15.
 """
 
 import ml_collections

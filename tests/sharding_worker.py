@@ -57,7 +57,8 @@ from cerp_jax import checkpoint as ckpt_lib  # pylint: disable=wrong-import-posi
 from cerp_jax import data as data_lib  # pylint: disable=wrong-import-position
 from cerp_jax import embeddings as emb_lib  # pylint: disable=wrong-import-position
 from cerp_jax import evaluation  # pylint: disable=wrong-import-position
-from cerp_jax import report  # pylint: disable=wrong-import-position
+from cerp_jax import finalize  # pylint: disable=wrong-import-position
+from cerp_jax import models  # pylint: disable=wrong-import-position
 from cerp_jax import sharding as shard_lib  # pylint: disable=wrong-import-position
 from cerp_jax import train as T  # pylint: disable=wrong-import-position
 from configs import test as test_cfg  # pylint: disable=wrong-import-position
@@ -218,11 +219,11 @@ def scenario_eval():
       c.model.backbone = "mlp"
       c.model.mlp_eval_item_chunk = 32
     data = data_lib.load_interactions(c)
-    model = T.build_model(c, data, emb_lib.DENSE)
+    model = models.create_model(c, data, emb_lib.DENSE)
     plan = shard_lib.ShardingPlan.from_config(c)
-    v = plan.put(T.init_variables(model, 7, 2))
+    v = plan.put(models.init_variables(model, 7, 2))
     ev = evaluation.Evaluator(data, "test", (5, 20), batch_size=20, plan=plan)
-    res = ev.evaluate(T.make_score_fn(model, data.num_users), (v, T.make_vectors_fn(model)(v)),
+    res = ev.evaluate(models.make_score_fn(model, data.num_users), (v, models.make_vectors_fn(model)(v)),
                       return_topk=True)
     record[name] = {k: res[k] for k in res if "@" in k or k == "num_users_evaluated"}
     record[name]["batch_size"] = ev.batch_size
@@ -240,7 +241,7 @@ def scenario_resume():
 def scenario_report():
   wd = os.path.join(ARGS.out, "report_wd")
   shutil.copytree(ARGS.eval_workdir, wd)
-  out = report.evaluate_workdir(wd)  # trained on (4, 2): falls back to all devices on data
+  out = finalize.evaluate_workdir(wd)  # trained on (4, 2): falls back to all devices on data
   _save("report", {"devices": jax.device_count(), "results": out["results"]}, {})
 
 
@@ -264,17 +265,17 @@ def scenario_multi():
   # the full table row-sharded over a (2, 2) mesh spanning both processes, then eval.py's path
   wd = scenario_full("multi_full", dict(mesh_shape=(2, 2), mesh_axes=("data", "model"),
                                         shard_embedding_rows_min=64))
-  out = report.evaluate_workdir(wd)
+  out = finalize.evaluate_workdir(wd)
   with open(os.path.join(ARGS.out, f"multi_report_{jax.process_index()}.json"), "w") as f:
     json.dump(out["results"], f)
   # eval on the global mesh: the same numbers in every process
   c = _config()
   data = data_lib.load_interactions(c)
-  model = T.build_model(c, data, emb_lib.DENSE)
+  model = models.create_model(c, data, emb_lib.DENSE)
   plan = shard_lib.ShardingPlan.from_config(c)
-  v = plan.put(T.init_variables(model, 7, 2))
+  v = plan.put(models.init_variables(model, 7, 2))
   res = evaluation.Evaluator(data, "test", (5, 20), batch_size=20, plan=plan).evaluate(
-      T.make_score_fn(model, data.num_users), (v, T.make_vectors_fn(model)(v)))
+      models.make_score_fn(model, data.num_users), (v, models.make_vectors_fn(model)(v)))
   with open(os.path.join(ARGS.out, f"multi_eval_{jax.process_index()}.json"), "w") as f:
     json.dump({k: res[k] for k in res if "@" in k}, f)
 

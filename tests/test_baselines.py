@@ -13,8 +13,8 @@ from cerp_jax import baselines as B
 from cerp_jax import budget
 from cerp_jax import data as D
 from cerp_jax import embeddings as E
+from cerp_jax import finalize
 from cerp_jax import packing
-from cerp_jax import report
 from cerp_jax import train as T
 
 
@@ -225,18 +225,6 @@ def test_pep_errors():
 # --------------------------------------------------------------------------------------------------
 
 
-def test_make_embedding_registry(test_config):
-  for name, cls in (("qr", B.QREmbedding), ("hash", B.HashEmbedding), ("pep", B.PEPEmbedding),
-                    ("full", E.FullEmbedding), ("cerp", E.CERPEmbedding)):
-    test_config.model.embedding = name
-    m = E.make_embedding(test_config, 140, E.PRUNE)
-    assert isinstance(m, cls)
-    assert bool(m.prunable) == E.prunes(name)
-  test_config.model.embedding = "dhe"
-  with pytest.raises(ValueError, match="'dhe'"):
-    E.make_embedding(test_config, 140, E.PRUNE)
-
-
 @pytest.mark.parametrize("name", ["qr", "hash"])
 def test_unpruned_baselines_train_once(test_config, tmp_path, name):
   test_config.model.embedding = name
@@ -250,7 +238,7 @@ def test_unpruned_baselines_train_once(test_config, tmp_path, name):
 
 def test_pep_prunes_with_the_shared_machinery(test_config, tmp_path):
   """PEP goes through prune_stage (snapshots per budget), retrain_stage (mask, rewinding) and
-  report.evaluate_workdir (packing) exactly like CERP."""
+  finalize.evaluate_workdir (packing) exactly like CERP."""
   c = test_config
   c.model.embedding = "pep"
   c.model.pep_threshold_init = -3.0
@@ -265,7 +253,7 @@ def test_pep_prunes_with_the_shared_machinery(test_config, tmp_path):
   entries = data.num_entities * c.model.dim
   assert summary["num_entries"] == entries
   assert set(ps.snapshots) == {"E"} and ps.initial["E"].shape == (data.num_entities, c.model.dim)
-  ev = report.evaluate_workdir(wd)
+  ev = finalize.evaluate_workdir(wd)
   for i, (t, row) in enumerate(zip(summary["targets"], ev["results"])):
     assert t["reached"] and t["nonzeros"] <= t["budget"] == int((1 - t["target_sparsity"]) * entries)
     # the packed table keeps exactly the snapshot's support

@@ -14,7 +14,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from cerp_jax import checkpoint as ckpt_lib
-from cerp_jax import report
+from cerp_jax import finalize
+from cerp_jax import loop as loop_lib
 from cerp_jax import train as T
 from conftest import REPO
 
@@ -194,7 +195,7 @@ def test_eval_fallback_recorded_and_refused_unless_allowed(trained, tmp_path):
   assert "pass --allow_fallback to accept it" in errors[0]
   row = json.loads((wd / "eval.json").read_text())["results"][0]
   assert row["checkpoint"]["fallback"] and row["checkpoint"]["number"] == older
-  out = report.evaluate_workdir(str(wd), allow_fallback=True)
+  out = finalize.evaluate_workdir(str(wd), allow_fallback=True)
   assert out["checkpoint_fallbacks"] == ["sparsity_0.2500"] and out["fallback_allowed"]
   c = out["results"][0]["checkpoint"]
   assert (c["number"], c["newest"], c["fallback"], c["verified"]) == (older, newest, True, True)
@@ -203,7 +204,7 @@ def test_eval_fallback_recorded_and_refused_unless_allowed(trained, tmp_path):
 
 def test_eval_records_the_checkpoint_without_fallback(trained):
   _, wd = trained
-  c = report.evaluate_workdir(str(wd))["results"][0]["checkpoint"]
+  c = finalize.evaluate_workdir(str(wd))["results"][0]["checkpoint"]
   assert not c["fallback"] and c["verified"] and c["finished"] and c["number"] == c["newest"]
   assert c["best_epoch"] == c["result_json_best_epoch"]
 
@@ -238,7 +239,7 @@ def test_nan_in_a_parameter_stops_stage1_naming_the_step(test_config, tmp_path, 
   seen = {}
   _inject_nan(monkeypatch, 0, 4, seen)
   wd = tmp_path / "w"
-  with pytest.raises(T.NonFiniteError) as e:
+  with pytest.raises(loop_lib.NonFiniteError) as e:
     T.train_and_evaluate(test_config, str(wd))
   ck = wd / "prune" / "checkpoints"
   msg = str(e.value)
@@ -257,7 +258,7 @@ def test_nan_in_a_parameter_stops_retraining(trained, tmp_path, monkeypatch):
   shutil.rmtree(wd / "retrain")
   seen = {}
   _inject_nan(monkeypatch, 0, 2, seen)
-  with pytest.raises(T.NonFiniteError) as e:
+  with pytest.raises(loop_lib.NonFiniteError) as e:
     T.train_and_evaluate(c, str(wd))
   ck = wd / "retrain" / "sparsity_0.2500" / "checkpoints"
   want = f"retrain sparsity_0.2500: non-finite loss at step {seen['step']} "
@@ -273,7 +274,7 @@ def test_nonfinite_parameter_with_finite_losses_is_named():
                        prune=None)
   m = {"active": np.array([True, True, False]), "loss": np.array([0.5, 0.4, 0.0]),
        "params_finite": np.bool_(False)}
-  assert T._nonfinite(m, 38, state) == (  # pylint: disable=protected-access
+  assert loop_lib._nonfinite(m, 38, state) == (  # pylint: disable=protected-access
       39, "non-finite parameter params/backbone/w after step 39 (losses of steps 38–39 finite)")
   m["params_finite"] = np.bool_(True)
-  assert T._nonfinite(m, 38, state) is None  # pylint: disable=protected-access
+  assert loop_lib._nonfinite(m, 38, state) is None  # pylint: disable=protected-access

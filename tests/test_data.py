@@ -1,7 +1,6 @@
 import logging as py_logging
 import tracemalloc
 
-import ml_collections
 import numpy as np
 import pytest
 
@@ -132,7 +131,7 @@ def test_real_gowalla_counts():
   c.data.valid_fraction = 0.0
   data = D.load_interactions(c)
   assert (data.num_users, data.num_items) == (29858, 40981)
-  assert data.train.nnz == 810_128 and data.test.nnz == 217_242  # spec §6
+  assert data.train.nnz == 810_128 and data.test.nnz == 217_242  # the LightGCN/NGCF split
 
 
 @pytest.mark.parametrize("train,lists,fmt,expected", [

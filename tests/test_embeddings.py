@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from cerp_jax import embeddings as E
+from cerp_jax import models
 
 
 @pytest.mark.parametrize("n", [1, 2, 10, 70839, 116198, 12345])
@@ -15,7 +16,7 @@ def test_smallest_valid_bucket_size_is_minimal(n):
 
 
 def test_spec_bounds():
-  # spec §1: Gowalla (29,858 + 40,981) needs b ≥ 267; Yelp2020 (N = 116,198) needs b ≥ 341.
+  # Gowalla (29,858 + 40,981) needs b ≥ 267; Yelp2020 (N = 116,198) needs b ≥ 341.
   assert E.smallest_valid_bucket_size(29858 + 40981) == 267
   assert E.smallest_valid_bucket_size(116198) == 341
 
@@ -25,7 +26,7 @@ def test_indices_unique_and_gowalla_divisor():
   ids = jnp.arange(n)
   r, q = E.cerp_indices(ids, n, b)
   assert E.quotient_divisor(n, b) == 71
-  assert int(q.max()) == 997  # rows 998, 999 of Q are never read (spec §1)
+  assert int(q.max()) == 997  # rows 998, 999 of Q are never read
   pairs = np.asarray(q) * b + np.asarray(r)
   assert len(np.unique(pairs)) == n
   np.testing.assert_array_equal(r, np.arange(n) % 1000)
@@ -59,7 +60,7 @@ def test_soft_threshold_gradients():
   sig = jax.nn.sigmoid(-1.0)
   np.testing.assert_allclose(gw, [1.0, 1.0, 0.0])
   np.testing.assert_allclose(gs, [-sig * (1 - sig), sig * (1 - sig), 0.0], rtol=1e-6)
-  # at the original init −100 the loss gradient to the thresholds underflows to 0 (spec §2)
+  # at the original init −100 the loss gradient to the thresholds underflows to 0
   g100 = jax.grad(lambda s: E.soft_threshold(w, s).sum())(jnp.full(3, -100.0))
   np.testing.assert_array_equal(g100, np.zeros(3))
 
@@ -122,13 +123,13 @@ def test_fast_preset_threshold_init():
   c = gowalla_mf.get_config("fast")
   p = 0.0075 * np.sqrt(6 / (1000 + 128))
   np.testing.assert_allclose(E.resolved_threshold_init(c), np.log(p / (1 - p)))
-  assert -8 < E.resolved_threshold_init(c) < -7  # where the faithful run starts to prune (spec §2)
-  m = E.make_embedding(c, 70839, E.PRUNE)
+  assert -8 < E.resolved_threshold_init(c) < -7  # where the faithful run starts to prune
+  m = models.make_embedding(c, 70839, E.PRUNE)
   assert m.threshold_init == E.resolved_threshold_init(c)
 
 
 def test_threshold_multiplier_from_schedule_collection():
-  """``gk`` (spec §2's threshold multiplier) is 1 unless the train step supplies a 'schedule'."""
+  """``gk`` (the threshold multiplier) is 1 unless the train step supplies a 'schedule'."""
   m = E.CERPEmbedding(num_entities=50, bucket_size=8, features=4, threshold_init=-1.0)
   v = m.init(jax.random.key(0), jnp.array([0]))
   p, s = v["params"]["P"], v["params"]["S_P"]

@@ -69,9 +69,9 @@ def _lgn_config(test_config):
 def test_gradients_reach_p_q_and_thresholds(test_config):
   c = _lgn_config(test_config)
   data = D.load_interactions(c)
-  model = T.build_model(c, data, E.PRUNE)
-  variables = T.init_variables(model, 0, 6)
-  consts = T.model_consts(c, data)
+  model = models.create_model(c, data, E.PRUNE)
+  variables = models.init_variables(model, 0, 6)
+  consts = models.model_consts(c, data)
   users = jnp.array([0, 1, 2], jnp.int32)
   items = jnp.array([[0, 5], [1, 6], [2, 7]], jnp.int32)
 
@@ -94,13 +94,13 @@ def test_evaluation_uses_the_parameters_it_is_given(test_config):
   c = _lgn_config(test_config)
   data = D.load_interactions(c)
   from cerp_jax import evaluation as ev
-  model = T.build_model(c, data, E.PRUNE)
-  consts = T.model_consts(c, data)
-  v1 = {**T.init_variables(model, 0, 2), **consts}
-  v2 = {**T.init_variables(model, 1, 2), **consts}
+  model = models.create_model(c, data, E.PRUNE)
+  consts = models.model_consts(c, data)
+  v1 = {**models.init_variables(model, 0, 2), **consts}
+  v2 = {**models.init_variables(model, 1, 2), **consts}
   e = ev.Evaluator(data, "test", (5, 20), 16)
-  score_fn = T.make_score_fn(model, data.num_users)
-  vec = T.make_vectors_fn(model)
+  score_fn = models.make_score_fn(model, data.num_users)
+  vec = models.make_vectors_fn(model)
   users = jnp.arange(8, dtype=jnp.int32)
   s1 = jax.jit(score_fn)((v1, vec(v1)), users)
   s2 = jax.jit(score_fn)((v2, vec(v2)), users)

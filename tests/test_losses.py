@@ -31,7 +31,7 @@ def test_regularizer_value():
   t = lambda x: np.tanh(100 * x) ** 2
   expected = -(t(0) + t(0.01) + t(1.0) + t(5.0) + t(0) + t(-0.02))
   np.testing.assert_allclose(losses.pruning_regularizer(rows, mask, 100.0), expected, rtol=1e-6)
-  # zero gradient at exact zeros (spec §3)
+  # zero gradient at exact zeros (docs/algorithm.md, Loss)
   g = jax.grad(lambda r: losses.pruning_regularizer(r, mask, 100.0))(rows)
   assert float(g[0, 0]) == 0.0 and float(g[1, 1]) == 0.0
   masked = losses.pruning_regularizer(rows, jnp.array([True, False]), 100.0)
@@ -42,7 +42,7 @@ def test_regularizer_rows_layout():
   u = jnp.ones((2, 3))
   it = jnp.zeros((2, 6, 3))
   rows, mask = losses.regularizer_rows(u, it, jnp.array([True, False]))
-  assert rows.shape == (2 + 12, 3)  # one user row per group + all item rows (spec §3)
+  assert rows.shape == (2 + 12, 3)  # one user row per group + all item rows, as the authors' code
   assert mask.tolist() == [True, False] + [True] * 6 + [False] * 6
 
 
@@ -54,7 +54,8 @@ def test_l2_penalty():
 
 
 def test_coupled_weight_decay_raises_thresholds_with_zero_loss_gradient():
-  """spec §2: with zero loss gradient, Adam with coupled wd moves s = −100 up by ≈ lr per step."""
+  """With zero loss gradient, Adam with coupled wd moves s = −100 up by ≈ lr per step (the
+  authors' threshold dynamics, docs/algorithm.md, Soft thresholds)."""
   oc = ml_collections.ConfigDict(dict(lr=1e-3, weight_decay=1e-5, grad_clip=100.0))
   tx = train_lib.make_optimizer(oc)
   s = {"S": jnp.full((4,), -100.0, jnp.float32)}

@@ -94,7 +94,7 @@ def test_threaded_batches_give_the_same_results_in_order():
 
   one = ev.Evaluator(data, "test", ks=(5, 20), batch_size=7, workers=1)
   three = ev.Evaluator(data, "test", ks=(5, 20), batch_size=7, workers=3)
-  assert len(one._batches) > 3  # pylint: disable=protected-access
+  assert len(one.batches) > 3
   a = one.evaluate(score_fn, vecs, return_topk=True)
   b = three.evaluate(score_fn, vecs, return_topk=True)
   np.testing.assert_array_equal(a["topk"], b["topk"])

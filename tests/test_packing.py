@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 import pytest
 
-from cerp_jax import logs
+from cerp_jax import cli
 from cerp_jax import packing as P
 
 
@@ -374,7 +374,7 @@ def _load_checked(path):
   finally:
     tracemalloc.stop()
   msg = str(e.value)
-  assert isinstance(e.value, logs.expected_errors())
+  assert isinstance(e.value, cli.expected_errors())
   assert msg.startswith(f"{path}: ") and "\n" not in msg, msg
   assert peak < 2 ** 20 + 20 * os.path.getsize(path), (peak, msg)
   return msg
@@ -425,7 +425,7 @@ def test_damaged_file_reads_as_one_cli_error_line(tmp_path, capsys):
               _edit_dir(blob, _set("P/values", 1, "f8"))):
     path.write_bytes(bad)
     with pytest.raises(SystemExit) as e:
-      logs.run_cli(P.unpack, path)
+      cli.run_cli(P.unpack, path)
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: {path}: "), err
@@ -475,7 +475,7 @@ def _version(d):
 @pytest.mark.parametrize("with_old", [True, False])
 @pytest.mark.parametrize("kill_at", range(5))
 def test_packed_swap_survives_a_kill_at_every_step(tmp_path, monkeypatch, with_old, kill_at):
-  from cerp_jax import report
+  from cerp_jax import finalize
   wd = _workdir(tmp_path, with_old)
   calls = [0]
   real_replace, real_rmtree = os.replace, shutil.rmtree
@@ -491,7 +491,7 @@ def test_packed_swap_survives_a_kill_at_every_step(tmp_path, monkeypatch, with_o
   monkeypatch.setattr(os, "replace", counted(real_replace))
   monkeypatch.setattr(shutil, "rmtree", counted(real_rmtree))
   try:
-    report.swap_packed(str(wd), str(wd / "packed.staging"))
+    finalize.swap_packed(str(wd), str(wd / "packed.staging"))
     killed = False
   except _Killed:
     killed = True
@@ -503,7 +503,7 @@ def test_packed_swap_survives_a_kill_at_every_step(tmp_path, monkeypatch, with_o
   if _version(wd / "packed") is None and with_old:
     assert _version(wd / "packed.old") == "old"
   # the next eval.py start repairs it: packed/ and eval.json agree, nothing left aside
-  report.recover_packed_swap(str(wd))
+  finalize.recover_packed_swap(str(wd))
   assert not (wd / "packed.old").exists()
   final = _version(wd / "packed")
   if not with_old and kill_at == 0:  # a first eval killed before its first rename: still nothing

@@ -9,8 +9,8 @@ import struct
 import pytest
 from tensorboardX.proto import event_pb2
 
+from cerp_jax import finalize
 from cerp_jax import progress as progress_lib
-from cerp_jax import report
 from cerp_jax import train as T
 
 
@@ -59,7 +59,7 @@ def test_progress_totals_and_tensorboard_on_the_test_config(test_config, tmp_pat
   for bar, r in zip(retrain_bars, results.values()):
     assert bar.total == bar.n == r["steps"] == r["epochs"] * r["steps_per_epoch"]
     assert r["stage1_seconds"] == summary["seconds"] > 0
-  assert "stage 1 s" in report.training_table(results)
+  assert "stage 1 s" in finalize.training_table(results)
   # TensorBoard holds what metrics.jsonl holds, at the same steps
   with open(os.path.join(wd, "metrics.jsonl")) as f:
     records = [json.loads(l) for l in f]
@@ -77,16 +77,11 @@ def test_progress_totals_and_tensorboard_on_the_test_config(test_config, tmp_pat
   ref = tmp_path / "full" / "retrain" / "full"
   ref.mkdir(parents=True)
   (ref / "result.json").write_text(json.dumps({"test": {"recall@20": 0.5, "ndcg@20": 0.4}}))
-  out = report.evaluate_workdir(wd, reference=str(tmp_path / "full"))
+  out = finalize.evaluate_workdir(wd, reference=str(tmp_path / "full"))
   assert out["reference"]["recall@20"] == 0.5
   for row in out["results"]:
     assert row["recall@20_kept"] == pytest.approx(row["recall@20"] / 0.5)
-  assert "kept:" in report.markdown_table(out)
-
-
-def test_reference_that_is_not_a_run_is_refused_before_any_work(tmp_path):
-  with pytest.raises(FileNotFoundError, match="--reference="):
-    report.reference_metrics(str(tmp_path))
+  assert "kept:" in finalize.markdown_table(out)
 
 
 def test_log_lines_when_not_a_terminal(monkeypatch):

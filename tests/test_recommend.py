@@ -11,7 +11,7 @@ import pytest
 from cerp_jax import data as D
 from cerp_jax import embeddings as emb_lib
 from cerp_jax import evaluation
-from cerp_jax import logs
+from cerp_jax import cli
 from cerp_jax import models
 from cerp_jax import packing as P
 from cerp_jax import recommend as R
@@ -57,7 +57,7 @@ def _packed(config, data, density, seed=0, value_dtype="float32"):
 def _dense_top_k(config, data, tables, users, k):
   """The evaluator's top-K: the embedding's composed vectors, MF's score matrix, training items
   masked with −∞, ``jax.lax.top_k`` (cerp_jax.evaluation.batch_metrics)."""
-  emb = emb_lib.make_embedding(config, data.num_entities, emb_lib.DENSE)
+  emb = models.make_embedding(config, data.num_entities, emb_lib.DENSE)
   params = {k_: jnp.asarray(v) for k_, v in tables.items()}
   vecs = emb.apply({"params": params}, method=lambda m: m.embed_all())
   scores = models.MF().score_matrix(vecs[np.asarray(users)], vecs[data.num_users:])
@@ -179,7 +179,7 @@ def test_a_damaged_file_is_one_error_line(test_config, data, tmp_path, capsys):
   path = tmp_path / "bad.cerp"
   path.write_bytes(blob[:-3])
   with pytest.raises(SystemExit) as e:
-    logs.run_cli(R.recommend, path, [3])
+    cli.run_cli(R.recommend, path, [3])
   err = capsys.readouterr().err.strip().splitlines()
   assert e.value.code == 2 and len(err) == 1
   assert err[0].startswith(f"error: {path}: size: truncated")

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import jax.numpy as jnp
 import numpy as np
@@ -13,11 +12,13 @@ import pytest
 
 from cerp_jax import data as D
 from cerp_jax import embeddings as E
-from cerp_jax import logs
+from cerp_jax import models
+from cerp_jax import cli
 from cerp_jax import pruning
 from cerp_jax import runlock
 from cerp_jax import sampler as S
 from cerp_jax import train as T
+from cerp_jax import workdir as workdir_lib
 from conftest import REPO
 
 HOLDER = ("import sys, time; sys.path.insert(0, {repo!r})\n"
@@ -80,7 +81,7 @@ def test_read_only_workdir_is_one_error_line(test_config, tmp_path, monkeypatch,
   wd.mkdir()
   monkeypatch.setattr(runlock.os, "open", read_only)
   with pytest.raises(SystemExit) as exit_:
-    logs.run_cli(T.train_and_evaluate, test_config, str(wd))
+    cli.run_cli(T.train_and_evaluate, test_config, str(wd))
   err = capsys.readouterr().err.strip().splitlines()
   assert exit_.value.code == 2
   assert err == [f"error: {wd / runlock.LOCK_NAME}: read-only file system"]
@@ -90,13 +91,13 @@ def _first_step_losses(c, data, dropout: float, steps) -> list:
   """The loss of one MLP step from the same initial state at each training step in ``steps``."""
   c.model.backbone = "mlp"
   c.model.mlp_dropout = dropout
-  model = T.build_model(c, data, E.PRUNE)
+  model = models.create_model(c, data, E.PRUNE)
   tx = T.make_optimizer(c.prune)
   sc = T.StepConfig(eta=c.prune.eta, gamma_init=1.0, gamma_decay=0.5, l2_penalty=0.0, prune=True)
   fn = T.make_block_fn(model, tx, sc)
-  variables = T.init_variables(model, c.seed, 6)
+  variables = models.init_variables(model, c.seed, 6)
   blocks, _ = S.to_steps(*S.BPRSampler(data.train, 5, seed=0).epoch(0), 10, 1)
-  block, consts = {k: v[0] for k, v in blocks.items()}, T.model_consts(c, data)
+  block, consts = {k: v[0] for k, v in blocks.items()}, models.model_consts(c, data)
   out = []
   for step in steps:
     params = T.jax.tree_util.tree_map(jnp.copy, variables["params"])  # the step donates its state
@@ -141,4 +142,4 @@ def test_non_finite_or_non_positive_values_are_refused(test_config, field, value
   section, name = field.split(".")
   setattr(test_config[section], name, value)
   with pytest.raises(ValueError, match=f"config.{field}="):
-    T.validate_config(test_config)
+    workdir_lib.validate_config(test_config)

@@ -81,18 +81,18 @@ def test_triples_per_positive():
 
 
 def test_parity_triples_keep_every_draw():
-  """The LightGCN code's epoch: nnz user-uniform draws (empty users skipped), 5 triples each, no
-  de-duplication of repeated (user, positive) draws."""
+  """The LightGCN code's epoch: nnz user-uniform draws (empty users skipped), 5 triples each with
+  distinct negatives, no de-duplication of repeated (user, positive) draws, shuffled once."""
   train = _train()
   s = S.BPRSampler(train, 1, epoch_kind="parity", seed=3, triples_per_positive=5)
   users, items = s.epoch(0)
-  draws = users[::5]
-  assert len(users) == 5 * len(draws) and s.num_groups() == len(users)
-  assert len(draws) > S.BPRSampler(train, 5, epoch_kind="parity", seed=3).num_groups()
-  keys = draws.astype(np.int64) * 40 + items[::5, 0]
-  assert len(np.unique(keys)) < len(keys)  # repeated draws kept
+  assert len(users) % 5 == 0 and s.num_groups() == len(users)
+  dedup = S.BPRSampler(train, 5, epoch_kind="parity", seed=3).num_groups()
+  assert len(users) // 5 > dedup  # repeated draws kept
+  keys = users.astype(np.int64) * 40 + items[:, 0]
+  _, counts = np.unique(keys, return_counts=True)
+  assert (counts % 5 == 0).all() and (counts > 5).any()
+  assert not (users[0::5] == users[4::5]).all()  # shuffled: a draw's triples are not contiguous
   assert 3 not in set(users.tolist())
   dense = train.toarray() > 0
   assert dense[users, items[:, 0]].all() and not dense[users, items[:, 1]].any()
-  for j in range(len(draws)):  # 5 distinct negatives per draw
-    assert len(set(items[5 * j:5 * j + 5, 1].tolist())) == 5

@@ -58,13 +58,13 @@ def trajectory(c, backbone: str, perturb: float = 0.0) -> dict:
   c.model.threshold_init = -2.0
   c.prune.lr = 1e-2
   data = D.load_interactions(c)
-  model = T.build_model(c, data, E.PRUNE)
+  model = models.create_model(c, data, E.PRUNE)
   tx = T.make_optimizer(c.prune)
   sc = T.StepConfig(eta=c.prune.eta, gamma_init=1.0, gamma_decay=0.5, l2_penalty=1e-4, prune=True,
                     unique_users=backbone == "lightgcn")
   fn = T.make_block_fn(model, tx, sc)
-  consts = T.model_consts(c, data)
-  variables = T.init_variables(model, c.seed, 6)
+  consts = models.model_consts(c, data)
+  variables = models.init_variables(model, c.seed, 6)
   params = variables["params"]
   if perturb:
     rng = np.random.default_rng(0)

@@ -255,12 +255,12 @@ def test_one_device_plan_and_no_distributed_by_default(test_config, monkeypatch)
 
 
 def test_mesh_fields_do_not_block_resume(test_config, tmp_path):
-  from cerp_jax import train as T  # pylint: disable=g-import-not-at-top
-  T._check_workdir_config(test_config, str(tmp_path))  # pylint: disable=protected-access
+  from cerp_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  workdir_lib.check_config(test_config, str(tmp_path))
   test_config.mesh_shape = (4, 2)
   test_config.mesh_axes = ("data", "model")
   test_config.process_id = 1
-  T._check_workdir_config(test_config, str(tmp_path))  # pylint: disable=protected-access
+  workdir_lib.check_config(test_config, str(tmp_path))
   test_config.mesh_shape = (3, 1)  # refused up front on this one device
   with pytest.raises(ValueError, match=r"mesh_shape=\(3, 1\).*needs 3 devices"):
-    T.validate_config(test_config)
+    workdir_lib.validate_config(test_config)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from cerp_jax import budget as budget_lib
-from cerp_jax import report
+from cerp_jax import finalize
 from cerp_jax import sweep as S
 from cerp_jax import train as train_lib
 from conftest import REPO, synthetic_interactions, write_lightgcn
@@ -113,7 +113,7 @@ def test_rerun_skips_finished_runs(swept, sweep_config, monkeypatch):
     raise AssertionError("a finished run was trained or evaluated again")
 
   monkeypatch.setattr(train_lib, "train_and_evaluate", boom)
-  monkeypatch.setattr(report, "evaluate_workdir", boom)
+  monkeypatch.setattr(finalize, "evaluate_workdir", boom)
   S.run_sweep(sweep_config, workdir)
   assert not calls
   for n, text in before.items():
@@ -206,7 +206,7 @@ def test_report_only_trains_nothing_and_reports_finished_runs(swept, sweep_confi
     raise AssertionError("report_only trained or evaluated a run")
 
   monkeypatch.setattr(train_lib, "train_and_evaluate", boom)
-  monkeypatch.setattr(report, "evaluate_workdir", boom)
+  monkeypatch.setattr(finalize, "evaluate_workdir", boom)
   c = sweep_config.copy_and_resolve_references()
   c.sweep.budgets = tuple(c.sweep.budgets) + (0.3,)  # a budget never run: left out, not trained
   res = S.run_sweep(c, workdir, report_only=True)
@@ -262,5 +262,5 @@ def test_int8_method_sized_trained_float32_and_packed_int8(sweep_config, tmp_pat
   assert (res["method"], res["value_dtype"]) == ("full", "int8")
   md = (tmp_path / "results.md").read_text()
   assert "full table (smaller d), int8" in md
-  assert "Post-training quantization" in report.markdown_table(
+  assert "Post-training quantization" in finalize.markdown_table(
       json.loads((rdir / "eval.json").read_text()))

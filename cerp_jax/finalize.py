@@ -15,20 +15,21 @@ For every retrained budget (or the full-table run) of a workdir:
    in every output), and, for comparison, the float32 tables and the tables after each
    post-training quantization of ``quantized`` (float16, int8 by default), with their packed bytes
    and metric changes against float32.
+
+It also formats the Markdown tables eval.py (:func:`markdown_table`) and train.py
+(:func:`training_table`) print.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import shutil
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 from absl import logging
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from cerp_jax import checkpoint as ckpt_lib
@@ -39,28 +40,47 @@ from cerp_jax import models
 from cerp_jax import packing
 from cerp_jax import sharding as shard_lib
 from cerp_jax import train as train_lib
+from cerp_jax import workdir as workdir_lib
 
 
-def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-  """The ConfigDict train.py stored in ``workdir/config.json`` (lists back to tuples).
+def restore_best(config, data: data_lib.Interactions, workdir: str, target: Optional[float],
+                 plan: Optional[shard_lib.ShardingPlan] = None):
+  """``(model, variables, meta)`` of the selected checkpoint of one retrain run.
+
+  The variables (``params``, ``batch_stats``, ``masks``, LightGCN's graph) are placed on ``plan``'s
+  mesh (default: the config's), whatever device count wrote the checkpoint. The newest checkpoint
+  that reads and verifies is used; ``meta['checkpoint']`` says which
+  (:attr:`CheckpointStore.last_restore` plus ``finished``: that checkpoint's run had ended), so a
+  caller can tell a fallback to an older checkpoint from the run's final one.
 
   Raises:
-    FileNotFoundError: no config.json (not a train.py workdir).
+    CheckpointError: the run is missing or unfinished, no checkpoint verifies, or the restored one
+      holds no selected parameters yet.
   """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {workdir!r} a train.py workdir?")
-  with open(path, encoding="utf-8") as f:
-    raw = json.load(f)
-
-  def fix(x):
-    if isinstance(x, dict):
-      return {k: fix(v) for k, v in x.items()}
-    if isinstance(x, list):
-      return tuple(fix(v) for v in x)
-    return x
-
-  return ml_collections.ConfigDict(fix(raw))
+  tag = workdir_lib.target_tag(target)
+  mode = emb_lib.RETRAIN if target is not None else emb_lib.DENSE
+  model = models.create_model(config, data, mode)
+  like = train_lib.create_train_state(config, model, train_lib.RETRAIN)
+  plan = plan or shard_lib.ShardingPlan.from_config(config)
+  best_like = {"params": like.params, "batch_stats": like.batch_stats}
+  like = plan.put(like)
+  store = ckpt_lib.CheckpointStore(os.path.join(workdir_lib.retrain_dir(workdir, target),
+                                                "checkpoints"))
+  if store.latest() is None:
+    raise ckpt_lib.CheckpointError(f"{store.directory}: no checkpoint; run train.py first")
+  state, meta, best = store.restore(like, plan.put(best_like))
+  store.close()
+  info = store.last_restore
+  if not meta.get("done") and not info["fallback"]:
+    raise ckpt_lib.CheckpointError(f"{store.directory}: retraining of {tag} has not finished; "
+                                   "rerun train.py to resume it")
+  if best is None:
+    raise ckpt_lib.CheckpointError(
+        f"{store.directory}: checkpoint {info['checkpoint']} holds no selected parameters (saved "
+        "before the first evaluation)" + (f"; {info['message']}" if info["fallback"] else ""))
+  meta["checkpoint"] = {**info, "finished": bool(meta.get("done"))}
+  return model, models.model_variables(best["params"], best["batch_stats"], state.masks,
+                                       plan.put(models.model_consts(config, data))), meta
 
 
 def pack_value_dtype(config) -> str:
@@ -98,6 +118,20 @@ def _quantize_and_evaluate(tables: dict, meta: packing.PackedMeta, evaluate_tabl
   return _quantized_row(len(blob), evaluate_tables(packing.unpack(blob)), float32)
 
 
+def _variables_from_tables(variables: dict, tables: dict) -> dict:
+  """Variables whose embedding reads the given (unpacked) effective tables ``{name: numpy}``: the
+  tables as its parameters and, when it has masks, ``tables ≠ 0`` as its masks."""
+  v = jax.tree_util.tree_map(lambda x: x, variables)
+  emb = dict(v["params"]["embedding"])
+  for k, t in tables.items():
+    emb[k] = jnp.asarray(t)
+  v["params"] = {**v["params"], "embedding": emb}
+  if "masks" in v:
+    v["masks"] = {"embedding": {k: jnp.asarray((t != 0).astype(np.float32))
+                                for k, t in tables.items()}}
+  return v
+
+
 def _tree_bytes(tree) -> int:
   return int(sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(tree)))
 
@@ -133,7 +167,7 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0,
     AssertionError: packed tables do not round-trip or change the top-K (a packing bug).
     ValueError: a value dtype of ``quantized`` or of ``config.pack`` that packing does not know.
   """
-  config = load_workdir_config(workdir)
+  config = workdir_lib.load_config(workdir)
   value_dtype = value_dtype or pack_value_dtype(config)
   for dt in (value_dtype, *quantized):
     if dt not in packing.VALUE_DTYPES:
@@ -142,109 +176,171 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0,
   ec = config.eval
   data = data_lib.load_interactions(config)
   sample = ec.test_user_sample if user_sample < 0 else user_sample
-  try:
-    plan = shard_lib.ShardingPlan.from_config(config, mesh_shape=mesh_shape)
-  except ValueError as e:  # trained on another device count: evaluate on all devices here
-    if mesh_shape is not None:
-      raise
-    logging.warning("%s; evaluating with every device on 'data'", e)
-    plan = shard_lib.ShardingPlan.from_config(config, mesh_shape=(-1,) + (1,) * (
-        len(config.get("mesh_axes", ("data",))) - 1))
+  plan = _eval_plan(config, mesh_shape)
   evaluator = evaluation.Evaluator(data, "test", ec.ks, batch_size or ec.batch_size,
                                    user_sample=sample, seed=ec.sample_seed, plan=plan)
   targets = (sorted(config.target_sparsities) if emb_lib.prunes(config.model.embedding) else [None])
   # Packed files go to a staging folder and replace packed/ and eval.json only once every budget has
   # passed its checks: a failure leaves the previous packed/ and eval.json as they were.
   staging = os.path.join(workdir, "packed.staging")
-  final_dir = os.path.join(workdir, "packed")
   if shard_lib.is_primary():
     recover_packed_swap(workdir)
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging)
-  n, d = data.num_entities, config.model.dim
-  full_bytes = packing.full_table_bytes(n, d)
+  ctx = _Context(config, data, workdir, plan, evaluator, value_dtype, tuple(quantized), staging)
   try:
-    rows = []
-    for target in targets:
-      tag = train_lib.target_tag(target)
-      result_path = os.path.join(workdir, "retrain", tag, "result.json")
-      if not os.path.exists(result_path):
-        logging.warning("%s: no finished retraining, skipped", tag)
-        continue
-      with open(result_path, encoding="utf-8") as f:
-        train_result = json.load(f)
-      model, variables, restored = train_lib.restore_best(config, data, workdir, target, plan)
-      tables = shard_lib.to_host(model.apply(variables, method=models.Recommender.tables))
-      meta = packing.PackedMeta.from_config(config, data.num_users, data.num_items, value_dtype)
-      blob, pack_report = packing.pack(tables, meta)
-      path = os.path.join(staging, f"{tag}.cerp")
-      primary = shard_lib.is_primary()
-      packed_bytes = packing.write(path, blob) if primary else len(blob)
-      unpacked, meta_back = packing.unpack(path if primary else blob, with_meta=True)
-      assert meta_back == meta, f"{path}: the meta does not round-trip"
-      expected = dequantized(tables, value_dtype)
-      for k in tables:
-        assert np.array_equal(unpacked[k], expected[k]), f"{path}: table {k} does not round-trip"
-      packed_vars = plan.put(_variables_from_tables(model, variables, unpacked))
-      score_fn = train_lib.make_score_fn(model, data.num_users)
-      vectors_fn = train_lib.make_vectors_fn(model)
-      dense = evaluator.evaluate(score_fn, (variables, vectors_fn(variables)), return_topk=True,
-                                 progress=config.progress_bar)
-      packed = evaluator.evaluate(score_fn, (packed_vars, vectors_fn(packed_vars)), return_topk=True,
-                                  progress=config.progress_bar)
-      topk_match = bool(np.array_equal(dense["topk"], packed["topk"]))
-      assert topk_match or value_dtype != "float32", (
-          f"{tag}: top-K from the packed tables differs from the dense tables")
-      float32 = _metrics(dense)
-      f32_bytes = packed_bytes if value_dtype == "float32" else len(
-          packing.pack(tables, dataclasses.replace(meta, value_dtype="float32"))[0])
-
-      def evaluate_tables(unpacked_tables):
-        v = plan.put(_variables_from_tables(model, variables, unpacked_tables))
-        return evaluator.evaluate(score_fn, (v, vectors_fn(v)), progress=config.progress_bar)
-
-      ptq = {dt: (_quantized_row(packed_bytes, packed, float32) if dt == value_dtype else
-                  _quantize_and_evaluate(tables, dataclasses.replace(meta, value_dtype=dt),
-                                         evaluate_tables, float32))
-             for dt in quantized}
-      nnz = pack_report["nonzeros"]
-      backbone = shard_lib.to_host(variables["params"].get("backbone", {}))
-      row = {
-          "target": tag, "target_sparsity": target,
-          "nonzeros": nnz,
-          "num_entries": int(sum(t.size for t in tables.values())),
-          "sparsity": 1 - nnz / sum(t.size for t in tables.values()),
-          "sparsity_vs_full": 1 - nnz / (n * d),
-          "packed_bytes": packed_bytes, "packed_file": os.path.join(final_dir, f"{tag}.cerp"),
-          "packed_layouts": {k: v["layout"] for k, v in pack_report["tables"].items()},
-          "bytes_by_layout": {k: {l: v[f"bytes_{l}"] for l in packing.LAYOUTS}
-                              for k, v in pack_report["tables"].items()},
-          "full_table_bytes": full_bytes, "compression_ratio": full_bytes / packed_bytes,
-          "backbone_bytes": _tree_bytes(backbone) + _tree_bytes(variables.get("batch_stats", {})),
-          "value_dtype": value_dtype, "topk_match_packed_vs_dense": topk_match,
-          "best_epoch": restored.get("best_epoch"),
-          "checkpoint": _checkpoint_record(restored, train_result),
-          "snapshot_step": train_result.get("snapshot", {}).get("step"),
-          "num_users_evaluated": dense["num_users_evaluated"],
-          "num_users_total": dense["num_users_total"], "sampled": dense["sampled"],
-          "eval_seconds": dense["seconds"],
-      }
-      for k, v in packed.items():
-        if "@" in k:
-          row[k] = v
-      row.update(float32={"packed_bytes": f32_bytes, **float32}, quantized=ptq)
-      rows.append(row)
-      logging.info("%s: %d non-zeros, %d packed bytes (%.1fx smaller than the full table); test %s",
-                   tag, nnz, packed_bytes, row["compression_ratio"], evaluation.describe(packed))
+    rows = [row for row in map(ctx.evaluate_target, targets) if row is not None]
   except BaseException:
     shutil.rmtree(staging, ignore_errors=True)  # nothing half-written is left
     raise
   if not rows:
     shutil.rmtree(staging, ignore_errors=True)
     raise FileNotFoundError(f"{workdir}: no finished retraining to evaluate; run train.py first")
+  out = _eval_json(config, data, workdir, rows, ref, allow_fallback)
+  if shard_lib.is_primary():
+    workdir_lib.write_json(os.path.join(workdir, "eval.json.tmp"), out, sort_keys=False)
+    swap_packed(workdir, staging)
+  return _check_fallbacks(out, allow_fallback)
+
+
+def _eval_plan(config, mesh_shape) -> shard_lib.ShardingPlan:
+  """The config's mesh (or ``mesh_shape``); trained on another device count: every device here on
+  'data' (with a warning).
+
+  Raises:
+    ValueError: a given ``mesh_shape`` does not fit the devices.
+  """
+  try:
+    return shard_lib.ShardingPlan.from_config(config, mesh_shape=mesh_shape)
+  except ValueError as e:  # trained on another device count: evaluate on all devices here
+    if mesh_shape is not None:
+      raise
+    logging.warning("%s; evaluating with every device on 'data'", e)
+    return shard_lib.ShardingPlan.from_config(config, mesh_shape=(-1,) + (1,) * (
+        len(config.get("mesh_axes", ("data",))) - 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Context:
+  """What :func:`evaluate_workdir` evaluates every budget with."""
+
+  config: object
+  data: data_lib.Interactions
+  workdir: str
+  plan: shard_lib.ShardingPlan
+  evaluator: evaluation.Evaluator
+  value_dtype: str
+  quantized: tuple
+  staging: str
+
+  def evaluate_target(self, target: Optional[float]) -> Optional[dict]:
+    """eval.json's row of one budget (None, with a warning, when it has no finished retraining):
+    restore, pack into the staging folder, verify, evaluate the packed, float32 and quantized
+    tables."""
+    tag = workdir_lib.target_tag(target)
+    result_path = workdir_lib.result_path(self.workdir, target)
+    if not os.path.exists(result_path):
+      logging.warning("%s: no finished retraining, skipped", tag)
+      return None
+    train_result = workdir_lib.read_json(result_path)
+    model, variables, restored = restore_best(self.config, self.data, self.workdir, target,
+                                              self.plan)
+    tables = shard_lib.to_host(model.apply(variables, method=models.Recommender.tables))
+    meta = packing.PackedMeta.from_config(self.config, self.data.num_users, self.data.num_items,
+                                          self.value_dtype)
+    blob, pack_report = packing.pack(tables, meta)
+    packed_bytes, unpacked = self._write_and_check(tag, blob, meta, tables)
+    evaluate = self._evaluate_fn(model, variables)
+    dense, packed = evaluate(None, True), evaluate(unpacked, True)
+    topk_match = bool(np.array_equal(dense["topk"], packed["topk"]))
+    assert topk_match or self.value_dtype != "float32", (
+        f"{tag}: top-K from the packed tables differs from the dense tables")
+    float32 = _metrics(dense)
+    f32_bytes = packed_bytes if self.value_dtype == "float32" else len(
+        packing.pack(tables, dataclasses.replace(meta, value_dtype="float32"))[0])
+    ptq = {dt: (_quantized_row(packed_bytes, packed, float32) if dt == self.value_dtype else
+                _quantize_and_evaluate(tables, dataclasses.replace(meta, value_dtype=dt),
+                                       lambda t: evaluate(t, False), float32))
+           for dt in self.quantized}
+    row = self._row(tag, target, tables, pack_report, packed_bytes, variables, topk_match,
+                    restored, train_result, dense)
+    for k, v in packed.items():
+      if "@" in k:
+        row[k] = v
+    row.update(float32={"packed_bytes": f32_bytes, **float32}, quantized=ptq)
+    logging.info("%s: %d non-zeros, %d packed bytes (%.1fx smaller than the full table); test %s",
+                 tag, row["nonzeros"], packed_bytes, row["compression_ratio"],
+                 evaluation.describe(packed))
+    return row
+
+  def _write_and_check(self, tag: str, blob: bytes, meta: packing.PackedMeta, tables: dict):
+    """Writes ``staging/<tag>.cerp`` (process 0) and reads it back: ``(file bytes, tables)``.
+
+    Raises:
+      AssertionError: the meta or a table does not round-trip (to the dequantized values).
+    """
+    path = os.path.join(self.staging, f"{tag}.cerp")
+    primary = shard_lib.is_primary()
+    packed_bytes = packing.write(path, blob) if primary else len(blob)
+    unpacked, meta_back = packing.unpack(path if primary else blob, with_meta=True)
+    assert meta_back == meta, f"{path}: the meta does not round-trip"
+    expected = dequantized(tables, self.value_dtype)
+    for k in tables:
+      assert np.array_equal(unpacked[k], expected[k]), f"{path}: table {k} does not round-trip"
+    return packed_bytes, unpacked
+
+  def _evaluate_fn(self, model: models.Recommender, variables: dict) -> Callable:
+    """``(tables or None, topk) -> metrics`` of the evaluator: the restored variables with their
+    embedding's tables replaced by ``tables`` (None: as restored)."""
+    score_fn = models.make_score_fn(model, self.data.num_users)
+    vectors_fn = models.make_vectors_fn(model)
+
+    def evaluate(tables, topk: bool) -> dict:
+      v = variables if tables is None else self.plan.put(_variables_from_tables(variables, tables))
+      kwargs = {"return_topk": True} if topk else {}
+      return self.evaluator.evaluate(score_fn, (v, vectors_fn(v)), progress=self.config.progress_bar,
+                                     **kwargs)
+
+    return evaluate
+
+  def _row(self, tag, target, tables, pack_report, packed_bytes, variables, topk_match, restored,
+           train_result, dense) -> dict:
+    """eval.json's row of one budget, before its metrics."""
+    n, d = self.data.num_entities, self.config.model.dim
+    full_bytes = packing.full_table_bytes(n, d)
+    nnz = pack_report["nonzeros"]
+    backbone = shard_lib.to_host(variables["params"].get("backbone", {}))
+    return {
+        "target": tag, "target_sparsity": target,
+        "nonzeros": nnz,
+        "num_entries": int(sum(t.size for t in tables.values())),
+        "sparsity": 1 - nnz / sum(t.size for t in tables.values()),
+        "sparsity_vs_full": 1 - nnz / (n * d),
+        "packed_bytes": packed_bytes,
+        "packed_file": os.path.join(self.workdir, "packed", f"{tag}.cerp"),
+        "packed_layouts": {k: v["layout"] for k, v in pack_report["tables"].items()},
+        "bytes_by_layout": {k: {l: v[f"bytes_{l}"] for l in packing.LAYOUTS}
+                            for k, v in pack_report["tables"].items()},
+        "full_table_bytes": full_bytes, "compression_ratio": full_bytes / packed_bytes,
+        "backbone_bytes": _tree_bytes(backbone) + _tree_bytes(variables.get("batch_stats", {})),
+        "value_dtype": self.value_dtype, "topk_match_packed_vs_dense": topk_match,
+        "best_epoch": restored.get("best_epoch"),
+        "checkpoint": _checkpoint_record(restored, train_result),
+        "snapshot_step": train_result.get("snapshot", {}).get("step"),
+        "num_users_evaluated": dense["num_users_evaluated"],
+        "num_users_total": dense["num_users_total"], "sampled": dense["sampled"],
+        "eval_seconds": dense["seconds"],
+    }
+
+
+def _eval_json(config, data: data_lib.Interactions, workdir: str, rows: list,
+               ref: Optional[dict], allow_fallback: bool) -> dict:
+  """eval.json's content: the run's description, the rows, the reference's share, fallbacks."""
+  ec = config.eval
   out = {"workdir": os.path.abspath(workdir), "dataset": config.data.name,
          "backbone": config.model.backbone, "embedding": config.model.embedding,
-         "dim": d, "num_entities": n, "bucket_size": config.model.bucket_size,
+         "dim": config.model.dim, "num_entities": data.num_entities,
+         "bucket_size": config.model.bucket_size,
          "threshold_init": emb_lib.resolved_threshold_init(config),
          "paper_threshold_init": emb_lib.resolved_threshold_init(config) == -100.0,
          "selection": f"{ec.selection_split} {ec.selection_metric}", "results": rows}
@@ -254,13 +350,7 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0,
       r["recall@20_kept"] = r["recall@20"] / out["reference"]["recall@20"]
   out["checkpoint_fallbacks"] = [r["target"] for r in rows if r["checkpoint"]["fallback"]]
   out["fallback_allowed"] = allow_fallback
-  if not shard_lib.is_primary():
-    return _check_fallbacks(out, allow_fallback)
-  tmp = os.path.join(workdir, "eval.json.tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(out, f, indent=2)
-  swap_packed(workdir, staging)
-  return _check_fallbacks(out, allow_fallback)
+  return out
 
 
 def reference_metrics(workdir: str) -> dict:
@@ -270,14 +360,11 @@ def reference_metrics(workdir: str) -> dict:
   Raises:
     FileNotFoundError: neither file exists (not a finished full-table workdir).
   """
-  ev, res = (os.path.join(workdir, "eval.json"),
-             os.path.join(workdir, "retrain", train_lib.target_tag(None), "result.json"))
+  ev, res = os.path.join(workdir, "eval.json"), workdir_lib.result_path(workdir, None)
   if os.path.exists(ev):
-    with open(ev, encoding="utf-8") as f:
-      row = json.load(f)["results"][0]
+    row = workdir_lib.read_json(ev)["results"][0]
   elif os.path.exists(res):
-    with open(res, encoding="utf-8") as f:
-      row = json.load(f)["test"]
+    row = workdir_lib.read_json(res)["test"]
   else:
     raise FileNotFoundError(f"--reference={workdir}: neither eval.json nor {res} exists (is it a "
                             "finished full-table run?)")
@@ -358,20 +445,6 @@ def recover_packed_swap(workdir: str) -> None:
   if os.path.exists(tmp):
     os.replace(tmp, os.path.join(workdir, "eval.json"))
   shutil.rmtree(old, ignore_errors=True)
-
-
-def _variables_from_tables(model, variables, tables):
-  """Variables whose embedding reads the given (unpacked) effective tables."""
-  v = jax.tree_util.tree_map(lambda x: x, variables)
-  emb = dict(v["params"]["embedding"])
-  for k, t in tables.items():
-    emb[k] = jnp.asarray(t)
-  v["params"] = {**v["params"], "embedding": emb}
-  if "masks" in v:
-    v["masks"] = {"embedding": {k: jnp.asarray((t != 0).astype(np.float32))
-                                for k, t in tables.items()}}
-  del model
-  return v
 
 
 def _fmt_metric(row, k):

@@ -1,6 +1,7 @@
-"""Logging set-up and command-line handling for the entry points (train.py, eval.py, sweep.py, …):
-keep cerp_jax's lines, silence orbax's per-save chatter, and turn every bad command line or input
-into one ``error: …`` line (exit status 2) instead of a traceback."""
+"""Command-line handling and logging set-up for the entry points (train.py, eval.py, sweep.py,
+recommend.py, the benchmarks): turn every bad command line or input into one ``error: …`` line
+(exit status 2) instead of a traceback, keep cerp_jax's log lines and silence orbax's per-save
+chatter. Imports neither JAX nor the rest of the package (recommend.py runs without JAX)."""
 
 import difflib
 import logging as py_logging
@@ -30,13 +31,20 @@ def setup():
   logging.get_absl_handler().use_absl_log_file = False
 
 
+# The package's error types that mean bad input, config or checkpoints: (module, class).
+_PACKAGE_ERRORS = (("cerp_jax.data", "DataError"), ("cerp_jax.embeddings", "BucketSizeError"),
+                   ("cerp_jax.checkpoint", "CheckpointError"))
+
+
 def expected_errors() -> tuple:
-  """Error types that mean bad input, config or checkpoints (a clear message, no traceback)."""
-  from cerp_jax import checkpoint  # pylint: disable=g-import-not-at-top
-  from cerp_jax import data  # pylint: disable=g-import-not-at-top
-  from cerp_jax import embeddings  # pylint: disable=g-import-not-at-top
-  return (data.DataError, embeddings.BucketSizeError, checkpoint.CheckpointError, ValueError,
-          OSError, RuntimeError)
+  """Error types that mean bad input, config or checkpoints (a clear message, no traceback).
+
+  Imports nothing: an error type of a module not imported yet cannot have been raised, so only
+  those of the modules already loaded are named (besides ValueError, OSError and RuntimeError, of
+  which they are all subclasses). recommend.py thus stays free of JAX.
+  """
+  named = tuple(getattr(sys.modules[m], name) for m, name in _PACKAGE_ERRORS if m in sys.modules)
+  return named + (ValueError, OSError, RuntimeError)
 
 
 def error_message(e: BaseException) -> str:
@@ -49,8 +57,6 @@ def error_message(e: BaseException) -> str:
 def run_cli(fn, *args, **kwargs):
   """Runs an entry point's body: expected errors print ``error: <message>`` (exit 2, no traceback;
   ``CERP_TRACEBACK=1`` shows it), Ctrl-C says how to resume (exit 130)."""
-  import os  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
   try:
     return fn(*args, **kwargs)
   except KeyboardInterrupt:
@@ -82,7 +88,7 @@ def cli_error(message: str):
 
 
 def parse_flags(argv: list) -> list:
-  """The ``flags_parser`` of every entry point: ``app.run(main, flags_parser=logs.parse_flags)``.
+  """The ``flags_parser`` of every entry point: ``app.run(main, flags_parser=cli.parse_flags)``.
 
   Parses ``argv`` into absl's ``FLAGS`` as absl's own parser does, except that:
 
