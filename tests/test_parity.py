@@ -140,4 +140,15 @@ def test_table_builder_rows_csv_and_markdown(tmp_path):
   assert "| mlp | 0.5 | original | cerp | 1 | 0.3050 ± 0.0000 |" in md
   assert "| mlp | 0.5 | yes | yes |" in md
   tr = table.trajectories(wd, "mlp")
-  assert tr["original"] == [[1, 0.1], [105, 0.5]] and tr["cerp_jax"]["seed1"] == [(10, 0.2)]
+  assert tr["original"] == {"1": [[1, 0.1], [105, 0.5]]} and tr["cerp_jax"]["seed1"] == [(10, 0.2)]
+  # a second seed of the original (its own folder) joins the original's row
+  o2 = wd / "original" / "mlp_seed2"
+  o2.mkdir(parents=True)
+  (o2 / "prune.json").write_text('{"seconds": 70.0, "seed": 2, "snapshots": {"0.5": 115}, '
+                                 '"trajectory": [[1, 0.1], [115, 0.5]]}')
+  (o2 / "retrain_0.5000.json").write_text(
+      '{"seconds": 9.0, "history": [{"epoch": 0, "recall@20": 0.295, "ndcg@20": 0.15}]}')
+  o_row = table.collect(wd, ["mlp"], [0.5], {}, {"mlp": {0.5: 26}})[0]
+  assert o_row["seeds"] == "1;2" and math.isclose(o_row["recall@20_mean"], 0.30)
+  assert o_row["snapshot_step"] == 110 and o_row["stage1_s"] == 60.0
+  assert set(table.trajectories(wd, "mlp")["original"]) == {"1", "2"}

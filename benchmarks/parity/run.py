@@ -21,6 +21,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import threading
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -43,6 +44,7 @@ flags.DEFINE_list("backbones", ["mlp", "lightgcn"], "mlp and/or lightgcn.")
 flags.DEFINE_list("targets", ["0.5", "0.8"], "Target sparsities of the 2·b·d entries.")
 flags.DEFINE_integer("num_seeds", 3, "cerp_jax seeds (config seed, +1, …); the original runs the first.")
 flags.DEFINE_integer("full_seeds", 1, "Seeds of each full-table reference.")
+flags.DEFINE_integer("original_seeds", 1, "Seeds of the original (config seed, +1, …).")
 flags.DEFINE_float("threshold_init", -8.0, "Both sides' threshold start (paper: −100).")
 flags.DEFINE_float("prune_lr", 1e-2, "Both sides' stage-1 Adam learning rate (paper: 1e-3).")
 flags.DEFINE_float("prune_weight_decay", 1e-3, "Both sides' stage-1 coupled weight decay (paper: 1e-5).")
@@ -57,6 +59,7 @@ flags.DEFINE_bool("report_only", False, "Only rebuild the table from finished ru
 FLAGS = flags.FLAGS
 
 NAME = "ml100k"
+_SETUP_LOCK = threading.Lock()  # the stage-1 and retraining threads of one seed share its export
 # One thread each: with torch's default two OpenMP threads on this loaded 2-core machine the
 # original ran ~12× slower per step (spinning threads).
 ORIGINAL_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -70,14 +73,14 @@ def _cap(backbone: str) -> int:
   return FLAGS.mlp_retrain_epochs if backbone == "mlp" else FLAGS.lightgcn_retrain_epochs
 
 
-def _dump(path: pathlib.Path, obj) -> None:
+def dump_json(path: pathlib.Path, obj) -> None:
   path.parent.mkdir(parents=True, exist_ok=True)
   tmp = path.with_suffix(".tmp")
   tmp.write_text(json.dumps(obj, indent=1), encoding="utf-8")
   os.replace(tmp, path)
 
 
-def _run(cmd: list, cwd, log: pathlib.Path, stop=None, env=None) -> tuple[int, float]:
+def run_logged(cmd: list, cwd, log: pathlib.Path, stop=None, env=None) -> tuple[int, float]:
   """Runs ``cmd`` with stdout+stderr to ``log``; ``stop()`` → True terminates it. (rc, seconds)."""
   t0 = time.time()
   log.parent.mkdir(parents=True, exist_ok=True)
@@ -96,43 +99,52 @@ def _run(cmd: list, cwd, log: pathlib.Path, stop=None, env=None) -> tuple[int, f
 
 # ------------------------------------------------------------------------------------ original
 
-def _original_setup(backbone: str, wd: pathlib.Path):
-  """(config, scratch src, run dir, res prepath, steps/epoch); exports the split once."""
+def _export(c, src: pathlib.Path, odir: pathlib.Path) -> None:
+  """Patched scratch copy of the original plus the split and stage-1 samples of ``c.seed``."""
   from cerp_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   from cerp_jax import sampler as sampler_lib  # pylint: disable=g-import-not-at-top
+  patches = original.prepare(FLAGS.original, src, NAME)
+  data = data_lib.load_interactions(c)
+  s = sampler_lib.BPRSampler(data.train, c.prune.num_negatives, "fixed", "parity", seed=c.seed)
+  users, items = s.epoch(0)
+  counts = export.export_split(data.train, data.test, users, items, src / "CERP/data" / NAME,
+                               src / "CERP-LightGCN/data" / NAME)
+  dump_json(odir / "export.json", {"patches": patches, "samples_seed": c.seed, **counts})
+
+
+def _original_setup(backbone: str, wd: pathlib.Path, i: int = 0):
+  """(config, seed, scratch src, run dir, res prepath, steps/epoch) of the original's i-th seed
+  (config seed + i; its own folder ``original/<backbone>[_seed<s>]``); exports the split once. Every
+  seed trains stage 1 on the same exported samples (those of the config's seed)."""
   c = parity_config.get_config(backbone)
-  odir = wd / "original" / backbone
+  seed = c.seed + i
+  odir = wd / "original" / (backbone if i == 0 else f"{backbone}_seed{seed}")
   src = odir / "src"
-  if not (odir / "export.json").exists():
-    patches = original.prepare(FLAGS.original, src, NAME)
-    data = data_lib.load_interactions(c)
-    s = sampler_lib.BPRSampler(data.train, c.prune.num_negatives, "fixed", "parity", seed=c.seed)
-    users, items = s.epoch(0)
-    counts = export.export_split(data.train, data.test, users, items, src / "CERP/data" / NAME,
-                                 src / "CERP-LightGCN/data" / NAME)
-    _dump(odir / "export.json", {"patches": patches, "samples_seed": c.seed, **counts})
+  with _SETUP_LOCK:
+    if not (odir / "export.json").exists():
+      _export(c, src, odir)
   info = json.loads((odir / "export.json").read_text())
-  return c, src, odir, str((odir / "res").resolve()), -(-info["groups"] // 10)
+  return c, seed, src, odir, str((odir / "res").resolve()), -(-info["groups"] // 10)
 
 
-def original_prune(backbone: str, wd: pathlib.Path) -> None:
-  """The original's stage 1 (one seed) → ``original/<backbone>/prune.json``."""
-  c, src, odir, prepath, steps_per_epoch = _original_setup(backbone, wd)
+def original_prune(backbone: str, wd: pathlib.Path, i: int = 0) -> None:
+  """The original's stage 1 (its i-th seed) → ``original/<backbone>[_seed<s>]/prune.json``."""
+  c, seed, src, odir, prepath, steps_per_epoch = _original_setup(backbone, wd, i)
   if (odir / "prune.json").exists():
     return
   cmd = original.prune_command(FLAGS.original_python, NAME, backbone, c.model.bucket_size,
                                c.model.dim, [float(t) for t in FLAGS.targets], FLAGS.threshold_init,
-                               c.seed, prepath, FLAGS.prune_max_epochs)
+                               seed, prepath, FLAGS.prune_max_epochs)
   cmd += ["--fm_lr", str(FLAGS.prune_lr), "--fm_l2_regularization", str(FLAGS.prune_weight_decay)]
-  rc, secs = _run(cmd, src / "CERP", odir / "prune.log", env=ORIGINAL_ENV)
+  rc, secs = run_logged(cmd, src / "CERP", odir / "prune.log", env=ORIGINAL_ENV)
   parsed = original.parse_prune_log((odir / "prune.log").read_text(), steps_per_epoch)
-  _dump(odir / "prune.json", {"rc": rc, "seconds": secs, "seed": c.seed, "cmd": cmd[1:],
+  dump_json(odir / "prune.json", {"rc": rc, "seconds": secs, "seed": seed, "cmd": cmd[1:],
                               "steps_per_epoch": steps_per_epoch, **parsed})
 
 
-def original_retrain(backbone: str, wd: pathlib.Path, t: float) -> None:
+def original_retrain(backbone: str, wd: pathlib.Path, t: float, i: int = 0) -> None:
   """The original's retraining of budget ``t``, started as soon as its snapshot is on disk."""
-  c, src, odir, prepath, _ = _original_setup(backbone, wd)
+  c, seed, src, odir, prepath, _ = _original_setup(backbone, wd, i)
   out = odir / f"retrain_{t:.4f}.json"
   emb_dir = pathlib.Path(prepath) / NAME / ("GCN" if backbone == "lightgcn" else "MLP") / "embedding"
   snap = emb_dir / f"sparsity_{t:.4f}"
@@ -147,13 +159,13 @@ def original_retrain(backbone: str, wd: pathlib.Path, t: float) -> None:
     return
   if backbone == "mlp":
     cmd = original.retrain_mlp_command(FLAGS.original_python, NAME, c.model.bucket_size,
-                                       c.model.dim, t, c.seed, prepath)
+                                       c.model.dim, t, seed, prepath)
     cmd += ["--batch_size_train_factor", str(FLAGS.mlp_retrain_groups)]
     cwd, res_log = src / "CERP", snap / "ndcg_recall_log.txt"
     parse = original.parse_mlp_retrain_log
   else:
     cmd = original.retrain_lightgcn_command(FLAGS.original_python, NAME, c.model.bucket_size,
-                                            c.model.dim, t, str(emb_dir), seed=c.seed)
+                                            c.model.dim, t, str(emb_dir), seed=seed)
     cwd, res_log = src / "CERP-LightGCN/code", snap / "LightGCNres.txt"
     parse = original.parse_lightgcn_retrain_log
   cap = _cap(backbone)
@@ -163,9 +175,9 @@ def original_retrain(backbone: str, wd: pathlib.Path, t: float) -> None:
     hist = parse(res_log.read_text()) if res_log.exists() else []
     return bool(hist) and hist[-1]["epoch"] >= last_eval
 
-  rc, secs = _run(cmd, cwd, odir / f"retrain_{t:.4f}.log", stop=stop, env=ORIGINAL_ENV)
+  rc, secs = run_logged(cmd, cwd, odir / f"retrain_{t:.4f}.log", stop=stop, env=ORIGINAL_ENV)
   hist = parse(res_log.read_text()) if res_log.exists() else []
-  _dump(out, {"rc": rc, "seconds": secs, "history": hist, "epoch_cap": cap, "cmd": cmd[1:]})
+  dump_json(out, {"rc": rc, "seconds": secs, "history": hist, "epoch_cap": cap, "cmd": cmd[1:]})
 
 
 def reparse_original(wd: pathlib.Path) -> None:
@@ -173,17 +185,17 @@ def reparse_original(wd: pathlib.Path) -> None:
   for bb in FLAGS.backbones:
     c = parity_config.get_config(bb)
     last_eval = (_cap(bb) - 1) // c.eval.every_epochs * c.eval.every_epochs
-    for path in (wd / "original" / bb).glob("retrain_*.json"):
+    for path in (wd / "original").glob(f"{bb}*/retrain_*.json"):
       rec = json.loads(path.read_text())
       t = path.stem.split("_")[1]
-      snap = wd / "original" / bb / "res" / NAME / ("GCN" if bb == "lightgcn" else "MLP") / \
+      snap = path.parent / "res" / NAME / ("GCN" if bb == "lightgcn" else "MLP") / \
           "embedding" / f"sparsity_{t}"
       log = snap / ("LightGCNres.txt" if bb == "lightgcn" else "ndcg_recall_log.txt")
       if log.exists():
         parse = (original.parse_lightgcn_retrain_log if bb == "lightgcn"
                  else original.parse_mlp_retrain_log)
         rec["history"] = [h for h in parse(log.read_text()) if h["epoch"] <= last_eval]
-        _dump(path, rec)
+        dump_json(path, rec)
 
 
 # ------------------------------------------------------------------------------------ cerp_jax
@@ -206,9 +218,9 @@ def train_py(backbone: str, workdir: pathlib.Path, seed: int, full_dim: int = 0)
     cmd.append(f"--config.retrain.groups_per_step={FLAGS.mlp_retrain_groups}")
   if full_dim:
     cmd.append(f"--config.model.dim={full_dim}")
-  rc, secs = _run(cmd, REPO, workdir.parent / f"{workdir.name}.log")
+  rc, secs = run_logged(cmd, REPO, workdir.parent / f"{workdir.name}.log")
   if rc == 0:
-    _dump(marker, {"seconds": secs, "cmd": cmd[1:]})
+    dump_json(marker, {"seconds": secs, "cmd": cmd[1:]})
   else:
     logging.error("%s failed (rc %d); see %s.log", workdir, rc, workdir)
 
@@ -239,13 +251,15 @@ def main(argv):
       raise app.UsageError("--original=PATH (a checkout of xurong-liang/CERP) is required")
     tasks = []
     with concurrent.futures.ThreadPoolExecutor(FLAGS.jobs) as pool, \
-        concurrent.futures.ThreadPoolExecutor(3 * len(FLAGS.backbones)) as orig_pool:
+        concurrent.futures.ThreadPoolExecutor(
+            3 * len(FLAGS.backbones) * FLAGS.original_seeds) as orig_pool:
       for bb in FLAGS.backbones:  # original tasks: own threads (retrains wait for snapshots)
-        if "original_prune" in FLAGS.tasks:
-          tasks.append(orig_pool.submit(original_prune, bb, wd))
-        if "original_retrain" in FLAGS.tasks:
-          for t in FLAGS.targets:
-            tasks.append(orig_pool.submit(original_retrain, bb, wd, float(t)))
+        for i in range(FLAGS.original_seeds):
+          if "original_prune" in FLAGS.tasks:
+            tasks.append(orig_pool.submit(original_prune, bb, wd, i))
+          if "original_retrain" in FLAGS.tasks:
+            for t in FLAGS.targets:
+              tasks.append(orig_pool.submit(original_retrain, bb, wd, float(t), i))
       for i in range(FLAGS.num_seeds if "cerp_jax" in FLAGS.tasks else 0):
         for bb in FLAGS.backbones:  # seeds interleaved across backbones
           s = _seed0(bb) + i

@@ -69,16 +69,26 @@ def _load(path: pathlib.Path):
 
 
 def original_row(wd: pathlib.Path, backbone: str, target: float) -> dict:
-  """The original's row from ``wd/original/<backbone>/{prune,retrain_<t>}.json`` (NaN if absent)."""
-  odir = wd / "original" / backbone
-  pr = _load(odir / "prune.json") or {}
-  rt = _load(odir / f"retrain_{target:.4f}.json") or {}
-  hist = rt.get("history", [])
-  step = {round(float(k), 4): v for k, v in pr.get("snapshots", {}).items()}.get(round(target, 4))
-  seeds = str(pr.get("seed", "")) if hist else ""
-  return _row(backbone, target, "original", "cerp", seeds, [_max_metric(hist, "recall@20")],
-              [_max_metric(hist, "ndcg@20")], [step] if step is not None else [],
-              [pr.get("seconds")], [rt.get("seconds")])
+  """The original's row over its seeds (``wd/original/<backbone>[_seed<s>]/{prune,retrain_<t>}.json``;
+  NaN if none finished)."""
+  recalls, ndcgs, steps, s1, s2, seeds = [], [], [], [], [], []
+  for odir in sorted((wd / "original").glob(f"{backbone}*")) if (wd / "original").exists() else []:
+    if not (odir.name == backbone or odir.name.startswith(f"{backbone}_seed")):
+      continue
+    pr = _load(odir / "prune.json") or {}
+    rt = _load(odir / f"retrain_{target:.4f}.json") or {}
+    hist = rt.get("history", [])
+    step = {round(float(k), 4): v for k, v in pr.get("snapshots", {}).items()}.get(round(target, 4))
+    if step is not None:
+      steps.append(step)
+    s1.append(pr.get("seconds"))
+    if hist:
+      recalls.append(_max_metric(hist, "recall@20"))
+      ndcgs.append(_max_metric(hist, "ndcg@20"))
+      s2.append(rt.get("seconds"))
+      seeds.append(str(pr.get("seed", "")))
+  return _row(backbone, target, "original", "cerp", ";".join(seeds), recalls, ndcgs, steps,
+              [x for x in s1 if x is not None], s2)
 
 
 def _seed_dirs(root: pathlib.Path) -> list:
@@ -225,8 +235,13 @@ def read_csv(path: pathlib.Path) -> list[dict]:
 
 
 def trajectories(wd: pathlib.Path, backbone: str) -> dict:
-  """``{"original": [(step, sparsity)], "cerp_jax": {seed: [(step, sparsity)]}}`` of stage 1."""
-  pr = _load(wd / "original" / backbone / "prune.json") or {}
+  """``{"original": {seed: [(step, sparsity)]}, "cerp_jax": {seed: [(step, sparsity)]}}`` of
+  stage 1."""
+  theirs = {}
+  for odir in sorted((wd / "original").glob(f"{backbone}*")) if (wd / "original").exists() else []:
+    pr = _load(odir / "prune.json") or {}
+    if (odir.name == backbone or odir.name.startswith(f"{backbone}_seed")) and pr.get("trajectory"):
+      theirs[str(pr.get("seed", odir.name))] = pr["trajectory"]
   ours = {}
   for d in _seed_dirs(wd / "cerp_jax" / backbone):
     path = stage1_dir(d) / "metrics.jsonl"
@@ -241,7 +256,7 @@ def trajectories(wd: pathlib.Path, backbone: str) -> dict:
         if rec.get("stage") == "prune" and "prune/sparsity" in rec:
           pts.append((rec["step"], rec["prune/sparsity"]))
       ours[d.name] = pts
-  return {"original": pr.get("trajectory", []), "cerp_jax": ours}
+  return {"original": theirs, "cerp_jax": ours}
 
 
 def plot(wd: pathlib.Path, backbones, targets, path: pathlib.Path) -> None:
@@ -252,9 +267,10 @@ def plot(wd: pathlib.Path, backbones, targets, path: pathlib.Path) -> None:
   fig, axes = plt.subplots(1, len(backbones), figsize=(6 * len(backbones), 4), squeeze=False)
   for ax, bb in zip(axes[0], backbones):
     tr = trajectories(wd, bb)
-    if tr["original"]:
-      x, y = zip(*tr["original"])
-      ax.plot(x, y, "-", color="k", lw=1.2, label="original (PyTorch)")
+    for j, (seed, pts) in enumerate(sorted(tr["original"].items())):
+      x, y = zip(*pts)
+      ax.plot(x, y, "-", color="k", lw=1.2, ls=("-", "--", ":")[j % 3],
+              label=f"original (PyTorch) {seed}")
     for i, (seed, pts) in enumerate(sorted(tr["cerp_jax"].items())):
       x, y = zip(*sorted(pts))
       ax.plot(x, y, "o", ms=5, color=f"C{i}", label=f"cerp_jax {seed} (snapshot, epoch ends)")
