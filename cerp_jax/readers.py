@@ -58,32 +58,29 @@ def read_lightgcn_file(path: os.PathLike | str) -> Pairs:
       (message names file, line, token).
   """
   path = str(path)
-  if not os.path.exists(path):
-    raise DataError(f"{path}: file not found")
   users, items, lines = [], [], []
   num_lines = 0
-  with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
-    for lineno, line in enumerate(f, start=1):
-      num_lines = lineno
-      tokens = line.split()
-      if not tokens:
-        continue
-      try:
-        ids = np.array([int(t) for t in tokens], dtype=np.int64)
-      except ValueError:
-        bad = next(t for t in tokens if not _is_int(t))
-        _raise_if_not_utf8(path, lineno, bad)
-        raise DataError(f"{path}:{lineno}: non-integer token {bad!r}") from None
-      except OverflowError:
-        bad = next(t for t in tokens if abs(int(t)) > np.iinfo(np.int64).max)
-        raise DataError(f"{path}:{lineno}: id {bad} is beyond any id count (int64)") from None
-      if (ids < 0).any():
-        bad = int(ids[ids < 0][0])
-        raise DataError(f"{path}:{lineno}: negative id {bad}")
-      n = len(ids) - 1
-      users.append(np.full(n, ids[0], dtype=np.int64))
-      items.append(ids[1:])
-      lines.append(np.full(n, lineno, dtype=np.int64))
+  for lineno, line in _numbered_lines(path):
+    num_lines = lineno
+    tokens = line.split()
+    if not tokens:
+      continue
+    try:
+      ids = np.array([int(t) for t in tokens], dtype=np.int64)
+    except ValueError:
+      bad = next(t for t in tokens if not _is_int(t))
+      _raise_if_not_utf8(path, lineno, bad)
+      raise DataError(f"{path}:{lineno}: non-integer token {bad!r}") from None
+    except OverflowError:
+      bad = next(t for t in tokens if abs(int(t)) > np.iinfo(np.int64).max)
+      raise DataError(f"{path}:{lineno}: id {bad} is beyond any id count (int64)") from None
+    if (ids < 0).any():
+      bad = int(ids[ids < 0][0])
+      raise DataError(f"{path}:{lineno}: negative id {bad}")
+    n = len(ids) - 1
+    users.append(np.full(n, ids[0], dtype=np.int64))
+    items.append(ids[1:])
+    lines.append(np.full(n, lineno, dtype=np.int64))
   if num_lines == 0:
     raise DataError(f"{path}: empty file")
   cat = lambda xs: np.concatenate(xs) if xs else np.zeros(0, np.int64)
@@ -101,37 +98,46 @@ def read_movielens_100k(path: os.PathLike | str) -> Pairs:
       < 1 (names file, line, value).
   """
   path = str(path)
-  if not os.path.exists(path):
-    raise DataError(f"{path}: file not found")
   users, items, lines = [], [], []
   num_lines = 0
-  with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
-    for lineno, line in enumerate(f, start=1):
-      num_lines = lineno
-      if not line.strip():
-        continue
-      fields = line.rstrip("\n").split("\t")
-      if len(fields) != 4:
-        _raise_if_not_utf8(path, lineno, line)
-        raise DataError(f"{path}:{lineno}: expected 4 tab-separated fields, got {len(fields)}: "
-                        f"{line.strip()!r}")
-      for tok in fields:
-        if not _is_int(tok):
-          _raise_if_not_utf8(path, lineno, tok)
-          raise DataError(f"{path}:{lineno}: non-integer token {tok!r}")
-      u, i = int(fields[0]), int(fields[1])
-      for name, v in (("user", u), ("item", i)):
-        if v < 1:
-          raise DataError(f"{path}:{lineno}: {name} id {v} < 1 (u.data ids are 1-based)")
-        if v > np.iinfo(np.int64).max:
-          raise DataError(f"{path}:{lineno}: {name} id {v} is beyond any id count (int64)")
-      users.append(u - 1)
-      items.append(i - 1)
-      lines.append(lineno)
+  for lineno, line in _numbered_lines(path):
+    num_lines = lineno
+    if not line.strip():
+      continue
+    fields = line.rstrip("\n").split("\t")
+    if len(fields) != 4:
+      _raise_if_not_utf8(path, lineno, line)
+      raise DataError(f"{path}:{lineno}: expected 4 tab-separated fields, got {len(fields)}: "
+                      f"{line.strip()!r}")
+    for tok in fields:
+      if not _is_int(tok):
+        _raise_if_not_utf8(path, lineno, tok)
+        raise DataError(f"{path}:{lineno}: non-integer token {tok!r}")
+    u, i = int(fields[0]), int(fields[1])
+    for name, v in (("user", u), ("item", i)):
+      if v < 1:
+        raise DataError(f"{path}:{lineno}: {name} id {v} < 1 (u.data ids are 1-based)")
+      if v > np.iinfo(np.int64).max:
+        raise DataError(f"{path}:{lineno}: {name} id {v} is beyond any id count (int64)")
+    users.append(u - 1)
+    items.append(i - 1)
+    lines.append(lineno)
   if not users:
     raise DataError(f"{path}: empty file")
   return Pairs(path, np.asarray(users, np.int64), np.asarray(items, np.int64),
                np.asarray(lines, np.int64), num_lines, id_base=1)
+
+
+def _numbered_lines(path: str):
+  """Yields ``(1-based line number, text)`` of each line of ``path``.
+
+  Raises:
+    DataError: the file does not exist.
+  """
+  if not os.path.exists(path):
+    raise DataError(f"{path}: file not found")
+  with open(path, "r", encoding="utf-8", errors="surrogateescape") as f:
+    yield from enumerate(f, start=1)
 
 
 def _is_int(token: str) -> bool:

@@ -56,3 +56,18 @@ def test_config(synthetic_dir):
   c = test_cfg.get_config()
   c.data.path = str(synthetic_dir)
   return c
+
+
+def sparse_table(rows, cols, nnz, rng=np.random.default_rng(0)):
+  """A ``[rows, cols]`` float32 table with exactly ``nnz`` non-zeros (values far from 0)."""
+  t = np.zeros(rows * cols, np.float32)
+  t[rng.choice(rows * cols, nnz, replace=False)] = rng.standard_normal(nnz).astype(np.float32) + 5
+  return t.reshape(rows, cols)
+
+
+def packed_len(tables: dict, meta=None) -> int:
+  """Bytes of the file ``packing.pack`` writes for ``tables`` (checked against its own report)."""
+  from cerp_jax import packing  # pylint: disable=g-import-not-at-top
+  blob, rep = packing.pack(tables, meta)
+  assert rep["packed_bytes"] == len(blob)
+  return len(blob)

@@ -8,27 +8,13 @@ from cerp_jax import budget as B
 from cerp_jax import embeddings as E
 from cerp_jax import packing
 from cerp_jax import pruning
-
-RNG = np.random.default_rng(0)
-
-
-def _table(rows, cols, nnz, rng=RNG):
-  t = np.zeros(rows * cols, np.float32)
-  t[rng.choice(rows * cols, nnz, replace=False)] = rng.standard_normal(nnz).astype(np.float32) + 5
-  return t.reshape(rows, cols)
-
-
-def _measured(tables: dict, meta=None) -> int:
-  blob, rep = packing.pack(tables, meta)
-  assert rep["packed_bytes"] == len(blob)
-  return len(blob)
-
+from conftest import packed_len, sparse_table
 
 def test_budget_bytes_and_reference():
   assert B.budget_bytes(0.25, 70839, 128) == int(0.25 * (70839 * 128 * 4 + 16))
   ref = B.reference_setting(320, 32)
   assert ref.reference and ref.overrides == {"model.embedding": "full", "model.dim": 32}
-  assert ref.predicted_bytes == _measured({"E": np.ones((320, 32), np.float32)})
+  assert ref.predicted_bytes == packed_len({"E": np.ones((320, 32), np.float32)})
 
 
 def test_sparsity_for_matches_pruning_budgets():
@@ -59,20 +45,20 @@ def _realise(setting: B.Setting, n: int, split: float = 0.5, nonzeros=None) -> d
   o, d = setting.overrides, setting.overrides["model.dim"]
   m = o["model.embedding"]
   if m == "full":
-    return {"E": _table(n, d, n * d)}
+    return {"E": sparse_table(n, d, n * d)}
   if m == "qr":
     b = o["model.bucket_size"]
-    return {"Q": _table(baselines.qr_num_quotients(n, b), d, baselines.qr_num_quotients(n, b) * d),
-            "R": _table(b, d, b * d)}
+    return {"Q": sparse_table(baselines.qr_num_quotients(n, b), d, baselines.qr_num_quotients(n, b) * d),
+            "R": sparse_table(b, d, b * d)}
   if m == "hash":
     r = o["model.hash_rows"]
-    return {"T": _table(r, d, r * d)}
+    return {"T": sparse_table(r, d, r * d)}
   nnz = setting.nonzeros if nonzeros is None else nonzeros
   if m == "pep":
-    return {"E": _table(n, d, nnz)}
+    return {"E": sparse_table(n, d, nnz)}
   b = o["model.bucket_size"]
   a = min(max(int(split * nnz), nnz - b * d), b * d)
-  return {"P": _table(b, d, a), "Q": _table(b, d, nnz - a)}
+  return {"P": sparse_table(b, d, a), "Q": sparse_table(b, d, nnz - a)}
 
 
 @pytest.mark.parametrize("n,d_ref,fractions", [
@@ -89,7 +75,7 @@ def test_solver_meets_every_budget_measured(n, d_ref, fractions, method):
     assert 0.9 * s.budget_bytes <= s.predicted_min_bytes <= s.predicted_bytes <= s.budget_bytes
     splits = (0.5, 0.3, 0.0, 1.0) if method == "cerp" else (0.5,)
     for split in splits:
-      measured = _measured(_realise(s, n, split), _meta_for(s, n))  # the file eval.py writes
+      measured = packed_len(_realise(s, n, split), _meta_for(s, n))  # the file eval.py writes
       assert 0.9 * s.budget_bytes <= measured <= s.budget_bytes, (method, f, split, measured)
       if method in E.PRUNED_EMBEDDINGS:
         assert s.predicted_min_bytes <= measured <= s.predicted_bytes
@@ -98,7 +84,7 @@ def test_solver_meets_every_budget_measured(n, d_ref, fractions, method):
     if method in E.PRUNED_EMBEDDINGS:
       # a snapshot can only have fewer non-zeros than the budget: still within the budget
       for fewer in (s.nonzeros - 1, int(0.98 * s.nonzeros)):
-        assert _measured(_realise(s, n, nonzeros=fewer)) <= s.budget_bytes
+        assert packed_len(_realise(s, n, nonzeros=fewer)) <= s.budget_bytes
 
 
 @pytest.mark.parametrize("n,d_ref,fractions", [(320, 32, (0.1, 0.2)), (3000, 64, (0.05, 0.1, 0.2))])
@@ -112,7 +98,7 @@ def test_solver_meets_every_budget_measured_quantized(n, d_ref, fractions, metho
     assert s.overrides["pack.value_dtype"] == value_dtype
     assert 0.9 * s.budget_bytes <= s.predicted_min_bytes <= s.predicted_bytes <= s.budget_bytes
     for split in ((0.5, 0.3, 0.0, 1.0) if method == "cerp" else (0.5,)):
-      measured = _measured(_realise(s, n, split), _meta_for(s, n))
+      measured = packed_len(_realise(s, n, split), _meta_for(s, n))
       assert 0.9 * s.budget_bytes <= measured <= s.budget_bytes, (method, f, split, measured)
       assert s.predicted_min_bytes <= measured <= s.predicted_bytes
 

@@ -5,21 +5,7 @@ import numpy as np
 import pytest
 
 from cerp_jax import packing as P
-
-RNG = np.random.default_rng(0)
-
-
-def _table(rows, cols, nnz, rng=RNG):
-  t = np.zeros(rows * cols, np.float32)
-  t[rng.choice(rows * cols, nnz, replace=False)] = rng.standard_normal(nnz).astype(np.float32) + 5
-  return t.reshape(rows, cols)
-
-
-def _measured(tables: dict, meta=None) -> int:
-  blob, rep = P.pack(tables, meta)
-  assert rep["packed_bytes"] == len(blob)
-  return len(blob)
-
+from conftest import packed_len, sparse_table
 
 @pytest.mark.parametrize("value_dtype", list(P.VALUE_DTYPES))
 @pytest.mark.parametrize("rows,cols,nnz", [
@@ -29,8 +15,8 @@ def _measured(tables: dict, meta=None) -> int:
     (3, 70_000, 10)])
 def test_packed_size_exact_one_table(rows, cols, nnz, value_dtype):
   meta = P.PackedMeta(value_dtype=value_dtype)
-  assert int(P.packed_size([("E", rows, cols, nnz)], value_dtype)) == _measured(
-      {"E": _table(rows, cols, nnz)}, meta)
+  assert int(P.packed_size([("E", rows, cols, nnz)], value_dtype)) == packed_len(
+      {"E": sparse_table(rows, cols, nnz)}, meta)
 
 
 def test_packed_size_exact_random_two_tables_and_vectorised():
@@ -41,8 +27,8 @@ def test_packed_size_exact_random_two_tables_and_vectorised():
     for name in ("P", "Q"):
       r, c = int(rng.integers(1, 300)), int(rng.integers(1, 260))
       specs.append((name, r, c, int(rng.integers(0, r * c + 1))))
-    tables = {n: _table(r, c, z, rng) for n, r, c, z in specs}
-    assert int(P.packed_size(specs, value_dtype)) == _measured(
+    tables = {n: sparse_table(r, c, z, rng) for n, r, c, z in specs}
+    assert int(P.packed_size(specs, value_dtype)) == packed_len(
         tables, P.PackedMeta(value_dtype=value_dtype))
   # vectorised over non-zero counts = one call per count
   counts = np.array([0, 10, 500, 3000, 4000])
@@ -53,12 +39,12 @@ def test_packed_size_exact_random_two_tables_and_vectorised():
 
 def test_packed_size_does_not_depend_on_the_meta_values():
   """Prefix, checksum and meta take packing.FIXED_BYTES whatever they hold: the solver's constant."""
-  tables = {"P": _table(40, 64, 700), "Q": _table(40, 64, 2000)}
+  tables = {"P": sparse_table(40, 64, 700), "Q": sparse_table(40, 64, 2000)}
   want = int(P.packed_size([("P", 40, 64, 700), ("Q", 40, 64, 2000)]))
   for u, backbone, combine in ((1, "mf", "sum"), (800, "lightgcn", "concat"), (1599, "mlp", "sum")):
     meta = P.PackedMeta("cerp", backbone, combine, "float32", u, 1600 - u, u, 64, 40, 40)
-    assert _measured(tables, meta) == want
-  assert _measured(tables) == want  # 'raw' (no id layout)
+    assert packed_len(tables, meta) == want
+  assert packed_len(tables) == want  # 'raw' (no id layout)
   assert P.FIXED_BYTES == 24 + 104
 
 
@@ -68,7 +54,7 @@ def test_layout_sizes_are_the_sizes_pack_compares(value_dtype):
   sizes = P.layout_sizes(37, 130, np.array(nnz), value_dtype)
   assert sizes.shape == (len(P.LAYOUTS), len(nnz))
   for k, n in enumerate(nnz):
-    _, rep = P.pack({"E": _table(37, 130, n)}, P.PackedMeta(value_dtype=value_dtype))
+    _, rep = P.pack({"E": sparse_table(37, 130, n)}, P.PackedMeta(value_dtype=value_dtype))
     t = rep["tables"]["E"]
     assert [t[f"bytes_{l}"] for l in P.LAYOUTS] == sizes[:, k].tolist()
     assert P.LAYOUTS[int(P.chosen_layouts(37, 130, n, value_dtype))] == t["layout"]
