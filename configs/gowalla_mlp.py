@@ -10,18 +10,24 @@ multiplier ramp gk = 1 + step/10,000 (``prune.gk_ramp_steps``).
 from configs import default
 
 
-def get_config(arg: str = ""):
-  c = default.get_config(arg)
-  c.data.name = "gowalla"
-  c.data.path = "gowalla"
+def mlp_settings(c):
+  """The NCF-MLP backbone and the authors' MLP retraining recipe on top of a default config."""
   c.model.backbone = "mlp"
   c.retrain.groups_per_step = 10
   c.retrain.num_negatives = 5
   c.retrain.l2_penalty = 0.0
   c.retrain.weight_decay = 1e-5
   c.retrain.grad_clip = 100.0
-  c.retrain.steps_per_block = 1000
   c.retrain.max_epochs = 50
+  return c
+
+
+def get_config(arg: str = ""):
+  c = default.get_config(arg)
+  c.data.name = "gowalla"
+  c.data.path = "gowalla"
+  mlp_settings(c)
+  c.retrain.steps_per_block = 1000
   c.eval.every_epochs = 1 if "parity" not in arg else 5
   c.eval.patience = 3
   c.eval.batch_size = 16

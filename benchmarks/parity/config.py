@@ -9,6 +9,7 @@ original's ``--threshold_init`` and every output says so).
 """
 
 from configs import default
+from configs import gowalla_mlp
 from configs import ml100k_lightgcn
 from configs import ml100k_mf
 
@@ -23,14 +24,8 @@ def get_config(arg: str = "mlp"):
     c.eval.every_epochs = 10          # the original's (ML-100K's config: 5)
   elif backbone == "mlp":
     c = ml100k_mf.get_config(preset)
-    c.model.backbone = "mlp"  # the original's NCF-MLP recipe (configs/gowalla_mlp.py)
-    c.retrain.groups_per_step = 10
-    c.retrain.num_negatives = 5
-    c.retrain.l2_penalty = 0.0
-    c.retrain.weight_decay = 1e-5
-    c.retrain.grad_clip = 100.0
+    gowalla_mlp.mlp_settings(c)  # the original's NCF-MLP recipe
     c.retrain.steps_per_block = 500
-    c.retrain.max_epochs = 50
     c.eval.every_epochs = 5
     c.eval.batch_size = 64
   else:
