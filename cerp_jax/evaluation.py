@@ -25,6 +25,36 @@ def _pad_to(x: np.ndarray, n: int, fill: int) -> np.ndarray:
   return np.concatenate([x, np.full(n - len(x), fill, x.dtype)])
 
 
+def top_k(scores: jax.Array, k: int, group: int = 32) -> tuple[jax.Array, jax.Array]:
+  """``jax.lax.top_k(scores, k)`` of each row of ``scores [B, I]``, exactly (same values, same ids,
+  ties to the smaller id), in two cheap passes instead of one top-K over all I columns.
+
+  The columns are cut into groups of ``group``; the k groups with the largest maxima (ties to the
+  smaller group) hold every item of the row's top k, because an item preceded by fewer than k items
+  lies in a group preceded by fewer than k groups. So: group maxima (a strided ``reduce_window``), a
+  top-k over the I/group maxima, a gather of those k·group columns (in ascending order, so ties still
+  go to the smaller id) and a top-k over them. Rows with fewer than k finite scores are exact too
+  (−∞ ties go to the smaller id as well). On a 2-core CPU, for [1024, 40981] and k = 50, the
+  one-pass top-K takes about as long as the score matmul; this takes about half of it.
+
+  Returns:
+    (values ``[B, k]`` float32, ids ``[B, k]`` int32), by decreasing value.
+  """
+  b, n = scores.shape
+  num_groups = -(-n // group)
+  if num_groups < 4 * k:  # small catalogues: one pass is as cheap
+    return jax.lax.top_k(scores, k)
+  maxima = jax.lax.reduce_window(scores, -jnp.inf, jax.lax.max, (1, group), (1, group),
+                                 ((0, 0), (0, num_groups * group - n)))  # [B, num_groups]
+  _, groups = jax.lax.top_k(maxima, k)
+  cols = jnp.sort(groups, axis=1)[:, :, None] * group + jnp.arange(group, dtype=groups.dtype)
+  cols = cols.reshape(b, k * group)
+  cand = jnp.take_along_axis(scores, jnp.minimum(cols, n - 1), axis=1)
+  cand = jnp.where(cols < n, cand, -jnp.inf)  # the last group's padding
+  values, j = jax.lax.top_k(cand, k)
+  return values, jnp.take_along_axis(cols, j, axis=1)
+
+
 def batch_metrics(scores: jax.Array, excl_r, excl_c, held_r, held_c, num_held,
                   ks: Sequence[int]) -> tuple[dict, jax.Array]:
   """Per-user metrics of one batch (traceable): Recall = hits/|held|, NDCG with binary gains
@@ -43,9 +73,11 @@ def batch_metrics(scores: jax.Array, excl_r, excl_c, held_r, held_c, num_held,
   b, _ = scores.shape
   kmax = max(ks)
   scores = scores.at[excl_r, excl_c].set(-jnp.inf, mode="drop")
-  _, top = jax.lax.top_k(scores, kmax)
-  held = jnp.zeros(scores.shape, bool).at[held_r, held_c].set(True, mode="drop")
-  hits = jnp.take_along_axis(held, top, axis=1).astype(jnp.float32)  # [B, kmax]
+  _, top = top_k(scores, kmax)
+  # hits[r, j] = 1 if top[r, j] is one of row r's held-out items: one [H, kmax] comparison of the
+  # held-out pairs with their row's top list (no [B, I] mask). Padded pairs use row B: dropped.
+  match = top[jnp.minimum(held_r, b - 1)] == held_c[:, None]
+  hits = jnp.zeros((b, kmax), jnp.float32).at[held_r].max(match.astype(jnp.float32), mode="drop")
   discount = 1.0 / jnp.log2(jnp.arange(kmax, dtype=jnp.float32) + 2.0)
   ideal = jnp.cumsum(discount)
   n = jnp.maximum(num_held, 1).astype(jnp.float32)

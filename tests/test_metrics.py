@@ -1,5 +1,7 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from cerp_jax import data as D
@@ -100,3 +102,34 @@ def test_threaded_batches_give_the_same_results_in_order():
   np.testing.assert_array_equal(a["topk"], b["topk"])
   for k in ("recall@20", "ndcg@20", "precision@5", "hitrate@5"):
     assert a[k] == b[k]
+
+
+@pytest.mark.parametrize("n,k,group", [(5000, 50, 32), (4097, 20, 16), (1200, 7, 8)])
+def test_two_pass_top_k_equals_lax_top_k(n, k, group):
+  """Same values and ids as one top-K, ties to the smaller id, with ties, −∞ rows and a
+  partial last group (comparisons only: exact on every CPU)."""
+  rng = np.random.default_rng(n)
+  s = np.round(rng.standard_normal((24, n)) * 2) / 2  # few distinct values: many ties
+  s[rng.random(s.shape) < 0.5] = -np.inf
+  s[3] = -np.inf  # a row with no finite score
+  s[4, :] = -np.inf
+  s[4, [7, n - 1, n // 2]] = [1.0, 1.0, 2.0]  # fewer than k finite, one in the last group
+  s = jnp.asarray(s, jnp.float32)
+  want_v, want_i = jax.lax.top_k(s, k)
+  got_v, got_i = jax.jit(lambda x: ev.top_k(x, k, group))(s)
+  np.testing.assert_array_equal(np.asarray(got_i), np.asarray(want_i))
+  np.testing.assert_array_equal(np.asarray(got_v), np.asarray(want_v))
+
+
+def test_hits_equal_a_dense_held_out_mask():
+  """batch_metrics' per-pair hit count equals the dense [B, I] mask lookup, padding included."""
+  rng = np.random.default_rng(7)
+  scores = rng.standard_normal((6, 3000)).astype(np.float32)
+  held = rng.random((6, 3000)) < 0.01
+  held[:, np.argsort(-scores, axis=1)[:, :3]] = True  # some hits near the top
+  held[5] = False
+  m, top = _metrics(scores, held, ks=(10, 50))
+  hits = np.take_along_axis(held, top, axis=1)
+  n = np.maximum(held.sum(1), 1)
+  np.testing.assert_allclose(m["recall@50"], hits[:, :50].sum(1) / n, rtol=1e-6)
+  np.testing.assert_allclose(m["recall@10"], hits[:, :10].sum(1) / n, rtol=1e-6)
