@@ -10,6 +10,7 @@ are those of the kept parameters.
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 from absl import logging
@@ -65,6 +66,7 @@ class Selection:
                                           plan=loop.plan)
     self.score_fn = models.make_score_fn(model, data.num_users)
     self.vectors_fn = models.make_vectors_fn(model)
+    self._curve_evaluator = None  # eval.test_curve's test evaluator, built on first use
 
   def evaluate(self, params, batch_stats, evaluator: evaluation.Evaluator) -> dict:
     """``evaluator``'s metrics of the given parameters (with the loop's masks and graph)."""
@@ -92,10 +94,28 @@ class Selection:
     logging.info("retrain %s epoch %d (step %d): %s | best %s %.4f @ epoch %d", self.tag, epoch,
                  int(state.step), evaluation.describe(res), metric, meta["best_value"],
                  meta["best_epoch"])
+    # wall seconds of the stage so far, without the learning curve's own test evaluations
+    rec["seconds"] = loop.seconds() - meta.get("test_curve_seconds", 0.0)
+    if ec.get("test_curve", False):
+      self._test_curve(rec)
     last_due = ec.timing != "end" and epoch + ec.every_epochs >= self.config.retrain.max_epochs
     if meta["bad_evals"] >= ec.patience or last_due:
       meta["done"] = True
     return meta["done"]
+
+  def _test_curve(self, rec: dict) -> None:
+    """``eval.test_curve``: the current parameters' test metrics into ``rec`` (``test/…``), for a
+    learning curve only (never used for selection); their wall time is kept out of ``seconds``."""
+    t0 = time.perf_counter()
+    ec, state = self.config.eval, self.loop.state
+    if self._curve_evaluator is None:
+      self._curve_evaluator = evaluation.Evaluator(
+          self.data, "test", ec.ks, ec.batch_size, user_sample=ec.test_user_sample,
+          seed=ec.sample_seed, plan=self.loop.plan)
+    res = self.evaluate(state.params, state.batch_stats, self._curve_evaluator)
+    rec.update({f"test/{k}": v for k, v in res.items() if "@" in k})
+    meta = self.loop.meta
+    meta["test_curve_seconds"] = meta.get("test_curve_seconds", 0.0) + time.perf_counter() - t0
 
   def test(self) -> dict:
     """Test metrics of the selected parameters: the selection evaluation's own when it ran on the

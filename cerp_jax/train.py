@@ -94,14 +94,16 @@ def threshold_multiplier(step: jax.Array, gk_ramp_steps: int) -> jax.Array:
   return 1.0 + step.astype(jnp.float32) / float(gk_ramp_steps)
 
 
-def make_optimizer(oc: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(oc: ml_collections.ConfigDict,
+                   steps_per_epoch: int = 1) -> optax.GradientTransformation:
   """``clip_by_global_norm → add_decayed_weights (coupled L2) → Adam`` of ``config.prune`` or
-  ``config.retrain``.
+  ``config.retrain``, at the learning rate of :func:`learning_rate`.
 
   The decay is added to the gradient *before* Adam's normalisation (``torch.optim.Adam``'s
   ``weight_decay``, not AdamW), as in the original. ``grad_clip ≤ 0`` or ``weight_decay ≤ 0`` drop
   that part. ``threshold_weight_decay`` (stage 1 only; < 0 or absent: the same ``weight_decay``,
-  as the original) gives the thresholds ``S_*`` their own coupled coefficient.
+  as the original) gives the thresholds ``S_*`` their own coupled coefficient. ``steps_per_epoch``
+  only shapes a schedule, never the optimizer's state.
   """
   parts = []
   if oc.grad_clip and oc.grad_clip > 0:
@@ -116,8 +118,32 @@ def make_optimizer(oc: ml_collections.ConfigDict) -> optax.GradientTransformatio
       parts.append(optax.add_decayed_weights(wd, mask=lambda p: _threshold_mask(p, False)))
     if wd_s > 0:
       parts.append(optax.add_decayed_weights(wd_s, mask=lambda p: _threshold_mask(p, True)))
-  parts += [optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8), optax.scale(-oc.lr)]
+  parts.append(optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-8))
+  lr = learning_rate(oc, steps_per_epoch)
+  parts.append(optax.scale(-lr) if isinstance(lr, float) else optax.scale_by_learning_rate(lr))
   return optax.chain(*parts)
+
+
+def learning_rate(oc: ml_collections.ConfigDict, steps_per_epoch: int = 1):
+  """The learning rate of ``oc`` (``config.prune`` / ``config.retrain``): the float ``lr`` when
+  ``lr_schedule`` is 'constant' (or absent), else an optax schedule of the step.
+
+  'cosine': a linear warm-up from 0 over ``lr_warmup_epochs`` epochs (when > 0), then a half cosine
+  from ``lr`` down to ``lr · lr_final_fraction`` reached at epoch ``lr_decay_epochs`` (0:
+  ``max_epochs``), held after; epochs of ``steps_per_epoch`` steps.
+  """
+  kind = oc.get("lr_schedule", "constant")
+  if kind == "constant":
+    return float(oc.lr)
+  if kind != "cosine":
+    raise ValueError(f"lr_schedule={kind!r}: expected 'constant' or 'cosine'")
+  warmup = int(round(oc.get("lr_warmup_epochs", 0) * steps_per_epoch))
+  decay = int(round((oc.get("lr_decay_epochs", 0) or oc.max_epochs) * steps_per_epoch))
+  final = float(oc.lr) * oc.get("lr_final_fraction", 0.0)
+  if warmup > 0:
+    return optax.warmup_cosine_decay_schedule(0.0, float(oc.lr), warmup, max(decay, warmup + 1),
+                                              end_value=final)
+  return optax.cosine_decay_schedule(float(oc.lr), max(decay, 1), alpha=final / float(oc.lr))
 
 
 def _threshold_mask(params, thresholds: bool):
@@ -293,7 +319,9 @@ def _make_loop(config, data: data_lib.Interactions, model: models.Recommender, s
   sampler = sampler_lib.BPRSampler(data.train, sc.num_negatives, config.sampling.mode,
                                    config.sampling.epoch, seed=config.seed, **extra)
   plan = shard_lib.ShardingPlan.from_config(config)
-  block_fn = make_block_fn(model, make_optimizer(sc), step_config(config, stage), plan)
+  steps_per_epoch = -(-sampler.num_groups() // sc.groups_per_step)
+  block_fn = make_block_fn(model, make_optimizer(sc, steps_per_epoch), step_config(config, stage),
+                           plan)
   return loop_lib.Loop(config, sampler, sc.groups_per_step, sc.steps_per_block, block_fn, plan,
                        plan.put(models.model_consts(config, data)), directory,
                        workdir_lib.MetricWriter(workdir), tags)

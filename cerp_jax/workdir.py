@@ -161,7 +161,10 @@ _RESUME_IGNORED = ("stage", "progress_bar", "checkpoint_every_steps",
 
 # Fields added after workdirs were written: absent from an older config.json, they read as these
 # defaults (which keep the older behaviour), so those runs still resume.
-_ADDED_FIELD_DEFAULTS = {"prune.threshold_weight_decay": -1.0, "prune.gk_ramp_steps": 0}
+_ADDED_FIELD_DEFAULTS = {"prune.threshold_weight_decay": -1.0, "prune.gk_ramp_steps": 0,
+                         "retrain.lr_schedule": "constant", "retrain.lr_warmup_epochs": 0.0,
+                         "retrain.lr_decay_epochs": 0.0, "retrain.lr_final_fraction": 0.0,
+                         "eval.timing": "end", "eval.test_curve": False}
 
 _STAGE1_FIELDS = ("data", "model", "prune", "sampling", "seed", "target_sparsities")
 
@@ -290,6 +293,7 @@ _CHOICES = {
     "data.loader": ("text", "tfds"),
     "eval.selection_split": ("valid", "test"),
     "eval.report": ("best", "per_metric_max"),
+    "retrain.lr_schedule": ("constant", "cosine"),
     "eval.timing": ("end", "start", "first_step"),
     "pack.value_dtype": tuple(packing.VALUE_DTYPES),
 }
@@ -327,6 +331,12 @@ def validate_config(config: ml_collections.ConfigDict, num_items: Optional[int] 
     if key in flat and not flat[key] > 0:
       raise ValueError(f"config.{key}={flat[key]!r}: expected a positive learning rate")
   _validate_eval(config, num_items)
+  for key in ("retrain.lr_warmup_epochs", "retrain.lr_decay_epochs"):
+    if key in flat and not (isinstance(flat[key], (int, float)) and flat[key] >= 0):
+      raise ValueError(f"config.{key}={flat[key]!r}: expected a number of epochs ≥ 0")
+  if "retrain.lr_final_fraction" in flat and not 0 <= flat["retrain.lr_final_fraction"] <= 1:
+    raise ValueError(f"config.retrain.lr_final_fraction={flat['retrain.lr_final_fraction']!r}: "
+                     "expected a fraction of retrain.lr in [0, 1]")
   ramp = config.prune.get("gk_ramp_steps", 0)
   if not isinstance(ramp, int) or ramp < 0:
     raise ValueError(f"config.prune.gk_ramp_steps={ramp!r}: expected an integer ≥ 0 (0 = off)")

@@ -97,6 +97,10 @@ def get_config(arg: str = ""):
   c.retrain.weight_decay = 0.0
   c.retrain.grad_clip = 0.0
   c.retrain.max_epochs = 300
+  c.retrain.lr_schedule = "constant"  # | 'cosine' (cerp_jax.train.learning_rate).
+  c.retrain.lr_warmup_epochs = 0.0    # cosine: linear warm-up from 0 over these epochs.
+  c.retrain.lr_decay_epochs = 0.0     # cosine: lr reaches lr·lr_final_fraction here (0: max_epochs).
+  c.retrain.lr_final_fraction = 0.0
   c.retrain.steps_per_block = 64
 
   c.eval = ml_collections.ConfigDict()
@@ -113,6 +117,8 @@ def get_config(arg: str = ""):
                                  # LightGCN / NCF code; the parity presets).
   c.eval.patience = 5            # evaluations without improvement before stopping.
   c.eval.report = "best"         # 'best' checkpoint | 'per_metric_max' (the authors').
+  c.eval.test_curve = False      # also evaluate test at each selection evaluation (a learning
+                                 # curve in metrics.jsonl; never used for selection).
 
   c.pack = ml_collections.ConfigDict()  # eval.py's packed file (an eval-time option: not resumed on)
   c.pack.value_dtype = "float32"  # 'float32' | 'float16' | 'int8' (symmetric per-row scales); PTQ.

@@ -121,3 +121,31 @@ def test_p7_serves_a_given_packed_file(tmp_path):
   for fig in ("P7_p50", "P7_p99", "P7_rss"):
     assert res[fig]["measured"] > 0 and fig in r.stdout
   assert res["P7_p50"]["breakdown"]["runs"][0]["file_bytes"] == size
+
+
+def test_time_to_accuracy_curve_from_a_run(test_config, tmp_path):
+  """A full-table run with eval.test_curve: one CSV row per evaluation, in order, with both splits
+  and wall seconds; a workdir without the records is a clear error."""
+  import csv  # pylint: disable=g-import-not-at-top
+  from cerp_jax import train as T  # pylint: disable=g-import-not-at-top
+  c = test_config.copy_and_resolve_references()
+  c.model.embedding, c.eval.test_curve, c.eval.patience = "full", True, 10
+  result = T.train_and_evaluate(c, str(tmp_path / "run"))["full"]
+  out = tmp_path / "tta"
+  _run(["benchmarks/time_to_accuracy.py", f"--run=fast:{tmp_path / 'run'}", f"--out={out}"])
+  rows = list(csv.DictReader(open(f"{out}.csv")))
+  assert [int(r["epoch"]) for r in rows] == [h["epoch"] + 1 for h in result["history"]]
+  assert [float(r["valid_recall@20"]) for r in rows] == [h["recall@20"] for h in result["history"]]
+  assert all(r["recipe"] == "fast" and r["test_recall@20"] for r in rows)
+  assert [float(r["wall_s"]) for r in rows] == sorted(float(r["wall_s"]) for r in rows)
+  assert (tmp_path / "tta.png").stat().st_size > 0
+  (tmp_path / "stage1").mkdir()
+  (tmp_path / "stage1" / "config.json").write_text((tmp_path / "run" / "config.json").read_text())
+  (tmp_path / "stage1" / "metrics.jsonl").write_text('{"stage": "prune", "epoch": 0}\n')
+  for bad, message in ((tmp_path / "stage1", "no stage-2 evaluation record with 'seconds'"),
+                       (tmp_path / "missing", "config.json: no such file")):
+    r = subprocess.run([sys.executable, "benchmarks/time_to_accuracy.py", f"--run=x:{bad}",
+                        f"--out={tmp_path / 'x'}"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "error:" in r.stderr and message in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "x.csv").exists()

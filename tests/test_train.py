@@ -5,6 +5,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -320,3 +321,75 @@ def test_eval_timing(test_config, tmp_path, timing, epochs, steps):
   assert [h["epoch"] for h in r["history"]] == epochs
   assert [h["step"] for h in r["history"]] == steps(spe)
   assert r["steps"] == steps(spe)[-1]
+
+
+def test_cosine_learning_rate_schedule():
+  oc = ml_collections.ConfigDict({"lr": 1e-2, "max_epochs": 10, "lr_schedule": "cosine",
+                                  "lr_warmup_epochs": 0.0, "lr_decay_epochs": 0.0,
+                                  "lr_final_fraction": 0.1})
+  lr = T.learning_rate(oc, steps_per_epoch=4)  # 40 steps to the end of the decay
+  np.testing.assert_allclose([lr(0), lr(20), lr(40), lr(80)], [1e-2, 5.5e-3, 1e-3, 1e-3],
+                             rtol=1e-5)
+  oc.lr_warmup_epochs, oc.lr_decay_epochs = 1.0, 5.0
+  lr = T.learning_rate(oc, steps_per_epoch=4)  # warm-up over 4 steps, at lr·0.1 from step 20
+  np.testing.assert_allclose([lr(0), lr(2), lr(4), lr(20), lr(30)], [0, 5e-3, 1e-2, 1e-3, 1e-3],
+                             rtol=1e-5, atol=1e-9)
+  oc.lr_schedule = "constant"
+  assert T.learning_rate(oc) == 1e-2
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("lr_schedule", "cosin", "retrain.lr_schedule='cosin'"),
+    ("lr_final_fraction", 1.5, "lr_final_fraction=1.5"),
+    ("lr_decay_epochs", -1.0, "lr_decay_epochs=-1.0"),
+])
+def test_bad_schedule_refused_before_writing(test_config, tmp_path, field, value, match):
+  setattr(test_config.retrain, field, value)
+  with pytest.raises(ValueError, match=match):
+    T.train_and_evaluate(test_config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
+
+
+def test_cosine_schedule_trains_and_resumes_exactly(test_config, tmp_path, monkeypatch):
+  """A cosine-scheduled full table: a run killed after a checkpoint resumes to the same result."""
+  c = test_config.copy_and_resolve_references()
+  c.model.embedding = "full"
+  c.retrain.lr_schedule, c.retrain.lr = "cosine", 1e-2
+  ref = T.train_and_evaluate(c, str(tmp_path / "ref"))["full"]
+  c.checkpoint_every_steps = 5
+  real_save = ckpt_lib.CheckpointStore.save
+  calls = {"n": 0}
+
+  def flaky_save(self, *a, **kw):
+    out = real_save(self, *a, **kw)
+    calls["n"] += 1
+    if calls["n"] == 2:
+      raise _Killed()
+    return out
+
+  monkeypatch.setattr(ckpt_lib.CheckpointStore, "save", flaky_save)
+  with pytest.raises(_Killed):
+    T.train_and_evaluate(c, str(tmp_path / "cut"))
+  monkeypatch.setattr(ckpt_lib.CheckpointStore, "save", real_save)
+  got = T.train_and_evaluate(c, str(tmp_path / "cut"))["full"]
+  assert got["history"] == ref["history"] and got["test"]["ndcg@20"] == ref["test"]["ndcg@20"]
+
+
+def test_test_curve_changes_nothing_but_the_records(test_config, tmp_path):
+  """eval.test_curve adds test metrics and wall seconds to each evaluation record; selection and the
+  result's metrics are those of the run without it."""
+  c = test_config.copy_and_resolve_references()
+  c.model.embedding = "full"
+  c.eval.patience = 10
+  plain = T.train_and_evaluate(c, str(tmp_path / "plain"))["full"]
+  c.eval.test_curve = True
+  curve = T.train_and_evaluate(c, str(tmp_path / "curve"))["full"]
+  assert curve["history"] == plain["history"] and curve["test"]["recall@20"] == plain["test"][
+      "recall@20"]
+  recs = [json.loads(l) for l in open(tmp_path / "curve" / "metrics.jsonl")]
+  evals = [r for r in recs if r.get("stage") == "retrain" and "valid/recall@20" in r]
+  assert len(evals) == len(curve["history"])
+  assert all("test/recall@20" in r and r["seconds"] > 0 for r in evals)
+  assert [r["seconds"] for r in evals] == sorted(r["seconds"] for r in evals)
+  best = [r for r in evals if r["epoch"] == curve["best_epoch"]][0]
+  assert best["test/recall@20"] == pytest.approx(curve["test"]["recall@20"], rel=1e-6)
