@@ -15,8 +15,9 @@ Three checks at the frontier's budgets (fractions of the float32 [N, 128] table)
 2. *What does element pruning at PEP's sparsity do to rows?* Global magnitude pruning of the trained
    full d = 128 table (``--full_workdir``: a ``configs/gowalla_mf.py:full`` run; its selected
    checkpoint, the run finished or not) to PEP's non-zero budget at each fraction, keeping at least m entries per row
-   (m ∈ ``--min_per_row``, chosen on validation): all-zero user and item rows, and test metrics of
-   the pruned table without retraining.
+   (m ∈ ``--min_per_row``; the sweep's ``magnitude`` method picks the best on validation): all-zero
+   user and item rows, and test metrics of the pruned table without retraining. Restoring, pruning
+   and scoring are the library's (:mod:`cerp_jax.magnitude`, :func:`cerp_jax.finalize.restore_best`).
 3. Most-popular on the same split, computed here.
 """
 
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import pathlib
 import sys
 
@@ -42,6 +42,7 @@ from cerp_jax import baselines  # noqa: E402
 from cerp_jax import budget as budget_lib  # noqa: E402
 from cerp_jax import data as data_lib  # noqa: E402
 from cerp_jax import evaluation  # noqa: E402
+from cerp_jax import finalize  # noqa: E402
 from cerp_jax import magnitude  # noqa: E402
 from configs import gowalla_mf  # noqa: E402
 
@@ -91,47 +92,41 @@ def qr_rank_bound(data, fraction: float) -> dict:
                   if rank <= REFERENCE_DIM else f"rank {rank} > d: not always representable"}
 
 
-def trained_full_table(workdir: str, data) -> tuple[np.ndarray, str]:
-  """The selected (best-on-validation) ``[N, d]`` table of a full-table run, finished or not."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from cerp_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-  from cerp_jax import embeddings as emb_lib  # pylint: disable=g-import-not-at-top
+def trained_full_table(workdir: str, data):
+  """``(table [N, d] float32, evaluate, how)`` of a full-table run, finished or not: its selected
+  (best-on-validation) table, :func:`cerp_jax.magnitude.table_evaluator` of its model, a note."""
   from cerp_jax import models  # pylint: disable=g-import-not-at-top
-  from cerp_jax import train as train_lib  # pylint: disable=g-import-not-at-top
+  from cerp_jax import sharding as shard_lib  # pylint: disable=g-import-not-at-top
   from cerp_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config = workdir_lib.load_config(workdir)
-  model = models.create_model(config, data, emb_lib.DENSE)
-  like = train_lib.create_train_state(config, model, train_lib.RETRAIN)
-  store = ckpt_lib.CheckpointStore(os.path.join(workdir_lib.retrain_dir(workdir, None), "checkpoints"))
-  _, meta, best = store.restore(like, {"params": like.params, "batch_stats": like.batch_stats})
-  store.close()
-  (table,) = jax.tree_util.tree_leaves(best["params"]["embedding"])
+  plan = shard_lib.ShardingPlan.from_config(config)
+  model, variables, meta = finalize.restore_best(config, data, workdir, None, plan,
+                                                 allow_unfinished=True)
+  table = shard_lib.to_host(model.apply(variables, method=models.Recommender.tables))["E"]
   state = "finished" if meta.get("done") else f"still training at epoch {meta['epoch']}"
   how = f"best validation epoch {meta['best_epoch']} of a run {state}"
-  return np.asarray(table, np.float32), how
+  return np.asarray(table, np.float32), magnitude.table_evaluator(model, variables, plan), how
 
 
-def magnitude_rows(data, table, valid_ev, test_ev, fraction: float, ms) -> list:
-  """Global magnitude pruning at PEP's non-zeros for ``fraction``, per m."""
+def _table_metrics(evaluate, ev, table) -> dict:
+  res = evaluate(ev, {"E": table})
+  return {"recall@20": float(res["recall@20"]), "ndcg@20": float(res["ndcg@20"])}
+
+
+def magnitude_rows(data, table, evaluate, valid_ev, test_ev, fraction: float, ms) -> list:
+  """Global magnitude pruning at PEP's non-zeros for ``fraction``, per feasible m."""
   n, d = table.shape
   s = budget_lib.solve("pep", fraction, n, REFERENCE_DIM)
   u = data.num_users
-
-  def score(tbl, users):
-    return tbl[users] @ tbl[u:].T
-
   out = []
-  for m in ms:
-    if n * m > s.nonzeros:
-      continue
-    mask = magnitude.magnitude_mask(table, s.nonzeros, m)
-    pruned = jnp.asarray(np.where(mask, table, 0.0))
+  for m in magnitude.feasible_min_per_row(ms, s.nonzeros, n, d):
+    pruned, mask = magnitude.prune(table, s.nonzeros, m)
     row = {"check": "magnitude pruning of the trained d=128 table", "budget": fraction,
            "setting": f"nnz={s.nonzeros:,} (s={1 - s.nonzeros / (n * d):.4f}) m={m}",
            "empty_user_rows": magnitude.empty_rows(mask[:u]),
            "empty_item_rows": magnitude.empty_rows(mask[u:])}
-    row.update({f"valid_{k}": v for k, v in _metrics(valid_ev, score, pruned).items()})
-    row.update(_metrics(test_ev, score, pruned))
+    row.update({f"valid_{k}": v for k, v in _table_metrics(evaluate, valid_ev, pruned).items()})
+    row.update(_table_metrics(evaluate, test_ev, pruned))
     out.append(row)
   return out
 
@@ -179,13 +174,13 @@ def main(argv):
   rows += [hash_popularity_fit(data, test_ev, f) for f in fractions]
   rows += [qr_rank_bound(data, f) for f in fractions]
   if FLAGS.full_workdir:
-    table, how = trained_full_table(FLAGS.full_workdir, data)
+    table, evaluate, how = trained_full_table(FLAGS.full_workdir, data)
     rows.append({"check": "trained full table, unpruned", "budget": 1.0,
-                 "setting": f"d={table.shape[1]}", "note": how, "empty_user_rows": 0, "empty_item_rows": 0,
-                 **_metrics(test_ev, lambda t, users: t[users] @ t[data.num_users:].T,
-                            jnp.asarray(table))})
+                 "setting": f"d={table.shape[1]}", "note": how, "empty_user_rows": 0,
+                 "empty_item_rows": 0, **_table_metrics(evaluate, test_ev, table)})
     for f in fractions:
-      rows += magnitude_rows(data, table, valid_ev, test_ev, f, [int(m) for m in FLAGS.min_per_row])
+      rows += magnitude_rows(data, table, evaluate, valid_ev, test_ev, f,
+                             [int(m) for m in FLAGS.min_per_row])
   write(rows, FLAGS.out)
 
 

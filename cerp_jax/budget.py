@@ -17,6 +17,9 @@ method        knob                          sizing rule
 ``hash``      B (rows)                      largest B whose ``[B, d_ref]`` table fits
 ``pep``       target sparsity s (of N·d)    the largest non-zero count n whose packed ``[N, d_ref]``
                                             table fits; s = 1 − n/(N·d_ref)
+``magnitude`` non-zeros n of N·d            exactly as ``pep`` (the same element-sparse ``[N, d_ref]``
+                                            table and packed layout): magnitude pruning of the trained
+                                            full table to n non-zeros (:mod:`cerp_jax.magnitude`)
 ``cerp``      b, then s (of 2·b·d)          b: largest (≥ the smallest valid b) whose tables fit at the
                                             configured sparsity ``cerp_sparsity`` (float16/int8: or
                                             0.1, 0.2, … below it, see ``_cerp_sparsities``); then s
@@ -49,7 +52,7 @@ from cerp_jax import baselines
 from cerp_jax import embeddings as emb_lib
 from cerp_jax import packing
 
-METHODS = ("full", "qr", "hash", "pep", "cerp")
+METHODS = ("full", "qr", "hash", "pep", "cerp", "magnitude")
 VALUE_DTYPES = tuple(packing.VALUE_DTYPES)  # 'float32' (default), 'float16', 'int8'
 SLACK_BYTES = 32  # header-digit jitter allowance for pruned methods (see module docstring)
 
@@ -108,8 +111,8 @@ class Setting:
 
   Attributes:
     method: one of ``METHODS``.
-    budget_fraction: the budget as a fraction of the full float32 ``[N, d_ref]`` table (1.0 and
-      ``reference=True`` for the uncompressed reference run).
+    budget_fraction: the budget as a fraction of the full float32 ``[N, d_ref]`` table (for a
+      ``reference=True`` run: its table's share of it, 1.0 at d_ref).
     budget_bytes: the budget in bytes.
     overrides: config fields (dotted paths) that realise the setting, e.g. ``{'model.dim': 3}``.
     predicted_bytes: packed bytes the run will have (dense methods: exact; pruned: an upper bound).
@@ -314,7 +317,7 @@ def solve(method: str, fraction: float, num_entities: int, reference_dim: int, *
 
   Args:
     method: a method spec ``<method>[@<value dtype>]`` (:func:`parse_method`): 'full' | 'qr' |
-      'hash' | 'pep' | 'cerp', optionally '@float16' or '@int8' (default '@float32'), sized for
+      'hash' | 'pep' | 'cerp' | 'magnitude', optionally '@float16' or '@int8' (default '@float32'), sized for
       tables packed with that value dtype.
     fraction: budget fraction in (0, 1].
     num_entities: N = users + items.
@@ -369,6 +372,8 @@ def _solve_method(method, vdt, fraction, num_entities, reference_dim, cerp_spars
     return Setting(method, fraction, budget, {"model.embedding": "pep", "model.dim": d,
                                                "target_sparsities": (s,)}, hi, exact, nnz,
                    f"s={s:.4f} of N·d ({nnz:,} non-zeros)")
+  if method == "magnitude":
+    return _magnitude_setting(budget, fraction, n, d, vdt, window)
   for sp in _cerp_sparsities(cerp_sparsity, vdt):
     b, s, nnz, hi, lo = solve_cerp(budget, n, d, sp, vdt)
     if lo >= window[0] * budget:
@@ -377,6 +382,17 @@ def _solve_method(method, vdt, fraction, num_entities, reference_dim, cerp_spars
   return Setting(method, fraction, budget, {"model.embedding": "cerp", "model.dim": d,
                                              "model.bucket_size": b, "target_sparsities": (s,)},
                  hi, lo, nnz, f"b={b:,} s={s:.4f} of 2bd ({nnz:,} non-zeros)")
+
+
+def _magnitude_setting(budget, fraction, n, d, vdt, window) -> Setting:
+  """Magnitude pruning sized exactly as PEP (:func:`solve_pep`): the same non-zeros n of the
+  element-sparse ``[N, d]`` table. The run's model is the trained full table at d (``model.embedding
+  = 'full'``); ``target_sparsities = (s,)`` records n (``int((1 − s)·N·d) = n``)."""
+  s, nnz, hi, exact = solve_pep(budget, n, d, vdt)
+  _check_window(method_spec("magnitude", vdt), budget, exact, hi, fraction, window, f"s={s}")
+  return Setting("magnitude", fraction, budget, {"model.embedding": "full", "model.dim": d,
+                                                 "target_sparsities": (s,)}, hi, exact, nnz,
+                 f"s={s:.4f} of N·d ({nnz:,} non-zeros), m on validation")
 
 
 def _cerp_sparsities(cerp_sparsity: float, value_dtype: str) -> list:
@@ -389,12 +405,23 @@ def _cerp_sparsities(cerp_sparsity: float, value_dtype: str) -> list:
   return [round(cerp_sparsity - 0.1 * k, 6) for k in range(10) if cerp_sparsity - 0.1 * k > 0]
 
 
-def reference_setting(num_entities: int, reference_dim: int) -> Setting:
-  """The uncompressed full table at d_ref (the frontier's marker; not held to a budget window)."""
-  budget = packing.full_table_bytes(num_entities, reference_dim)
-  by = dense_bytes([("E", num_entities, reference_dim)])
-  return Setting("full", 1.0, budget, {"model.embedding": "full", "model.dim": reference_dim}, by,
-                 by, None, f"d={reference_dim} (reference)", reference=True)
+def reference_setting(num_entities: int, reference_dim: int,
+                      dim: Optional[int] = None) -> Setting:
+  """An uncompressed float32 full table (the frontier's marker; not held to a budget window).
+
+  Args:
+    num_entities: N.
+    reference_dim: d_ref, the width budgets are fractions of.
+    dim: the table's width (None: d_ref). ``budget_fraction`` is its share of the d_ref table's
+      bytes (1.0 at d_ref), ``budget_bytes`` its own full-table bytes.
+  """
+  dim = reference_dim if dim is None else int(dim)
+  budget = packing.full_table_bytes(num_entities, dim)
+  by = dense_bytes([("E", num_entities, dim)])
+  fraction = 1.0 if dim == reference_dim else budget / packing.full_table_bytes(num_entities,
+                                                                                reference_dim)
+  return Setting("full", fraction, budget, {"model.embedding": "full", "model.dim": dim}, by,
+                 by, None, f"d={dim} (reference)", reference=True)
 
 
 def solve_all(methods: Sequence[str], fractions: Sequence[float], num_entities: int,

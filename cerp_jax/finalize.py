@@ -44,7 +44,7 @@ from cerp_jax import workdir as workdir_lib
 
 
 def restore_best(config, data: data_lib.Interactions, workdir: str, target: Optional[float],
-                 plan: Optional[shard_lib.ShardingPlan] = None):
+                 plan: Optional[shard_lib.ShardingPlan] = None, allow_unfinished: bool = False):
   """``(model, variables, meta)`` of the selected checkpoint of one retrain run.
 
   The variables (``params``, ``batch_stats``, ``masks``, LightGCN's graph) are placed on ``plan``'s
@@ -71,7 +71,7 @@ def restore_best(config, data: data_lib.Interactions, workdir: str, target: Opti
   state, meta, best = store.restore(like, plan.put(best_like))
   store.close()
   info = store.last_restore
-  if not meta.get("done") and not info["fallback"]:
+  if not meta.get("done") and not info["fallback"] and not allow_unfinished:
     raise ckpt_lib.CheckpointError(f"{store.directory}: retraining of {tag} has not finished; "
                                    "rerun train.py to resume it")
   if best is None:
@@ -118,7 +118,7 @@ def _quantize_and_evaluate(tables: dict, meta: packing.PackedMeta, evaluate_tabl
   return _quantized_row(len(blob), evaluate_tables(packing.unpack(blob)), float32)
 
 
-def _variables_from_tables(variables: dict, tables: dict) -> dict:
+def variables_from_tables(variables: dict, tables: dict) -> dict:
   """Variables whose embedding reads the given (unpacked) effective tables ``{name: numpy}``: the
   tables as its parameters and, when it has masks, ``tables ≠ 0`` as its masks."""
   v = jax.tree_util.tree_map(lambda x: x, variables)
@@ -296,7 +296,7 @@ class _Context:
     vectors_fn = models.make_vectors_fn(model)
 
     def evaluate(tables, topk: bool) -> dict:
-      v = variables if tables is None else self.plan.put(_variables_from_tables(variables, tables))
+      v = variables if tables is None else self.plan.put(variables_from_tables(variables, tables))
       kwargs = {"return_topk": True} if topk else {}
       return self.evaluator.evaluate(score_fn, (v, vectors_fn(v)), progress=self.config.progress_bar,
                                      **kwargs)

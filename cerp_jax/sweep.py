@@ -15,14 +15,19 @@ cap), its ``eval`` selection and early stopping, and is repeated for every seed 
 method; the rate with the best mean validation selection metric is reported). Pruned methods (CERP,
 PEP) run the base config's stage 1 first — once for all budgets that differ only in their target
 (every PEP budget; CERP budgets of equal b), retraining each from that shared stage 1 — PEP without
-CERP's −Σ tanh² regularizer (``prune.gamma_init = 0``, :data:`METHOD_PROTOCOL`).
+CERP's −Σ tanh² regularizer (``prune.gamma_init = 0``, :data:`METHOD_PROTOCOL`). ``magnitude``
+trains nothing: it prunes the reference full table run of the same seed and lr
+(:func:`run_magnitude`), so its runs come after every other run.
 
 This module runs the sweep and keeps the shared stage-1 bookkeeping; the tables and the plot are
 :mod:`cerp_jax.sweep_report`'s. Workdir::
 
   plan.json, plan.md          the solver's settings per (method, budget)
   runs/<run>/                 a train.py workdir per (method, budget, seed, lr), plus eval.json and
-                              sweep_run.json (the run's record; its presence marks the run finished)
+                              sweep_run.json (the run's record; its presence marks the run finished);
+                              references: ``full_reference_…`` (d_ref), ``full_reference_d64_…``
+                              (``sweep.extra_reference_dims``); ``magnitude_…``: config.json,
+                              packed/magnitude.cerp, eval.json, sweep_run.json (nothing trained)
   runs/<method>_stage1_…/     a shared stage 1 (:func:`run_shared_stage1`)
   most_popular.json           test metrics of the most-popular ranking (a floor)
   runs.csv, results.csv, results.md, frontier.png    :func:`cerp_jax.sweep_report.write_results`
@@ -47,6 +52,7 @@ from cerp_jax import data as data_lib
 from cerp_jax import embeddings as emb_lib
 from cerp_jax import evaluation
 from cerp_jax import finalize
+from cerp_jax import magnitude as magnitude_lib
 from cerp_jax import sweep_report
 from cerp_jax import train as train_lib
 from cerp_jax import workdir as workdir_lib
@@ -55,6 +61,7 @@ from cerp_jax import workdir as workdir_lib
 METHOD_PROTOCOL = {
     "pep": {"prune.gamma_init": 0.0},  # PEP has no regularizer; thresholds rise by the coupled decay
 }
+MAGNITUDE_MIN_PER_ROW = (0, 1, 2, 4, 8)  # config.sweep.magnitude_min_per_row's default
 
 
 # --------------------------------------------------------------------------------------------------
@@ -66,7 +73,9 @@ def validate_sweep_config(config) -> None:
   """Checks ``config.sweep`` before anything runs.
 
   Raises:
-    ValueError: unknown methods, empty or out-of-range budgets, seeds or learning rates.
+    ValueError: unknown methods, empty or out-of-range budgets, seeds or learning rates, a bad
+      ``magnitude_min_per_row`` (empty, or an m outside [0, reference_dim]) or
+      ``extra_reference_dims`` (not distinct widths ≥ 1 other than reference_dim).
   """
   sc = config.sweep
   unknown = [m for m in sc.methods if not _is_spec(m)]
@@ -82,6 +91,27 @@ def validate_sweep_config(config) -> None:
   for m in sc.methods:
     for k in METHOD_PROTOCOL.get(budget_lib.parse_method(m)[0], {}):
       _get(config, k)
+  grid = magnitude_grid(config)
+  if not grid or any(not isinstance(m, int) or isinstance(m, bool) or not 0 <= m <= sc.reference_dim
+                     for m in grid):
+    raise ValueError(f"config.sweep.magnitude_min_per_row={grid}: expected a non-empty tuple of "
+                     f"integers m with 0 ≤ m ≤ d = reference_dim = {sc.reference_dim}")
+  dims = extra_reference_dims(config)
+  if any(not isinstance(d, int) or isinstance(d, bool) or d < 1 or d == sc.reference_dim
+         for d in dims) or len(set(dims)) != len(dims):
+    raise ValueError(f"config.sweep.extra_reference_dims={dims}: expected distinct integer widths "
+                     f"d ≥ 1 other than reference_dim = {sc.reference_dim}")
+
+
+def magnitude_grid(config) -> tuple:
+  """``config.sweep.magnitude_min_per_row``: the values of m magnitude pruning tries on validation
+  (:data:`MAGNITUDE_MIN_PER_ROW` when the field is absent)."""
+  return tuple(config.sweep.get("magnitude_min_per_row", MAGNITUDE_MIN_PER_ROW))
+
+
+def extra_reference_dims(config) -> tuple:
+  """``config.sweep.extra_reference_dims``: widths of further full-table references (default ())."""
+  return tuple(config.sweep.get("extra_reference_dims", ()))
 
 
 def _is_spec(spec) -> bool:
@@ -93,7 +123,8 @@ def _is_spec(spec) -> bool:
 
 
 def plan(config, num_entities: int) -> list[budget_lib.Setting]:
-  """The solver's settings for every (method, budget) of ``config.sweep`` (+ the reference).
+  """The solver's settings for every (method, budget) of ``config.sweep`` (+ the reference at d_ref
+  when ``sweep.reference``, then one per ``sweep.extra_reference_dims``).
 
   Raises:
     BudgetError: a (method, budget) cannot land in the window.
@@ -103,6 +134,8 @@ def plan(config, num_entities: int) -> list[budget_lib.Setting]:
                                   cerp_sparsity=sc.cerp_sparsity, window=tuple(sc.window))
   if sc.reference:
     settings.append(budget_lib.reference_setting(num_entities, sc.reference_dim))
+  settings += [budget_lib.reference_setting(num_entities, sc.reference_dim, d)
+               for d in extra_reference_dims(config)]
   return settings
 
 
@@ -140,9 +173,13 @@ def run_config(config, setting: budget_lib.Setting, seed: int, lr: float) -> ml_
 
 
 def run_name(setting: budget_lib.Setting, seed: int, lr: float) -> str:
-  """Folder name of one run, e.g. ``cerp_b0.0250_seed3407_lr0.001`` (``full_reference_…``;
-  ``full@int8_b0.1000_…`` for a value dtype other than float32)."""
-  tag = "reference" if setting.reference else f"b{setting.budget_fraction:.4f}"
+  """Folder name of one run, e.g. ``cerp_b0.0250_seed3407_lr0.001`` (``full_reference_…`` at d_ref,
+  ``full_reference_d64_…`` at another width; ``full@int8_b0.1000_…`` for a value dtype other than
+  float32)."""
+  tag = f"b{setting.budget_fraction:.4f}"
+  if setting.reference:
+    tag = ("reference" if setting.budget_fraction == 1.0 else
+           f"reference_d{setting.overrides['model.dim']}")
   return f"{setting.spec}_{tag}_seed{seed}_lr{lr:g}"
 
 
@@ -256,7 +293,8 @@ def finished_record(config, setting: budget_lib.Setting, seed: int, lr: float,
   """The run's ``sweep_run.json`` if it finished, else None.
 
   Raises:
-    ValueError: the folder holds a finished run with other settings or another protocol.
+    ValueError: the folder holds a finished run with other settings or another protocol (a
+      magnitude run: also another ``magnitude_min_per_row`` grid).
   """
   rdir = os.path.join(workdir, "runs", run_name(setting, seed, lr))
   path = os.path.join(rdir, "sweep_run.json")
@@ -267,6 +305,10 @@ def finished_record(config, setting: budget_lib.Setting, seed: int, lr: float,
   if rec["setting"]["overrides"] != want:
     raise ValueError(f"{rdir} holds a finished run with settings {rec['setting']['overrides']}, "
                      f"not {want}; remove it or use another --workdir")
+  grid = list(magnitude_grid(config))
+  if setting.method == "magnitude" and rec.get("min_per_row_grid") != grid:
+    raise ValueError(f"{rdir} holds a finished magnitude run that chose m among "
+                     f"{rec.get('min_per_row_grid')}, not {grid}; remove it or use another --workdir")
   workdir_lib.check_config(run_config(config, setting, seed, lr), rdir)
   return rec
 
@@ -370,6 +412,94 @@ def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: 
   return rec
 
 
+def reference_record(config, reference: budget_lib.Setting, seed: int, lr: float, workdir: str,
+                     name: str) -> dict:
+  """The finished reference run (``reference``, ``seed``, ``lr``) a magnitude run prunes.
+
+  Raises:
+    ValueError: one line naming the run ``name`` and its missing or unusable reference.
+  """
+  ref = run_name(reference, seed, lr)
+  rec = finished_record(config, reference, seed, lr, workdir)
+  if rec is None or rec.get("status") != "ok":
+    why = "has not finished" if rec is None else f"has status {rec.get('status')!r}"
+    raise ValueError(f"{name}: its reference run {ref} (the full table at d="
+                     f"{reference.overrides['model.dim']}, seed {seed}, lr {lr:g}) {why} in "
+                     f"{os.path.join(workdir, 'runs')}; set config.sweep.reference = True (the "
+                     "sweep then trains it first) or run it there")
+  return rec
+
+
+def run_magnitude(config, setting: budget_lib.Setting, reference: budget_lib.Setting, seed: int,
+                  lr: float, workdir: str) -> dict:
+  """The ``magnitude`` method at one budget: prunes the finished reference run of the same seed
+  and lr to ``setting.nonzeros`` entries, m chosen on validation from ``sweep.magnitude_min_per_row``
+  (:func:`cerp_jax.magnitude.prune_workdir`); trains nothing.
+
+  Skips the run when its ``sweep_run.json`` exists. ``workdir/runs/<run>`` gets ``config.json``
+  (:func:`run_config`), ``packed/magnitude.cerp``, ``eval.json`` and ``sweep_run.json``.
+
+  Returns:
+    the run's record, as :func:`run_one`'s (``valid_selection``: the chosen m's validation score;
+    ``train_seconds``: the reference's training plus the pruning and selection here), plus
+    ``reference_run``, ``min_per_row`` (the chosen m), ``min_per_row_grid``,
+    ``min_per_row_scores`` (validation score per m tried), ``empty_rows``,
+    ``empty_user_rows``, ``empty_item_rows`` (of the chosen mask).
+
+  Raises:
+    ValueError: the reference run has not finished (:func:`reference_record`), or the run folder
+      holds another finished run (:func:`finished_record`).
+  """
+  name = run_name(setting, seed, lr)
+  rec = finished_record(config, setting, seed, lr, workdir)
+  if rec is not None:
+    logging.info("sweep: %s finished before, skipped", name)
+    return rec
+  ref = reference_record(config, reference, seed, lr, workdir, name)
+  t0 = time.perf_counter()
+  rdir = os.path.join(workdir, "runs", name)
+  os.makedirs(rdir, exist_ok=True)
+  workdir_lib.check_config(run_config(config, setting, seed, lr), rdir)
+  grid = magnitude_grid(config)
+  logging.info("sweep: running %s (%s, m ∈ %s, from %s)", name, setting.summary, grid, ref["name"])
+  out = magnitude_lib.prune_workdir(os.path.join(workdir, "runs", ref["name"]), rdir,
+                                    setting.nonzeros, grid, setting.value_dtype)
+  rec = _magnitude_record(config, setting, seed, lr, ref, out, time.perf_counter() - t0)
+  logging.info("sweep: %s: m=%d, %s packed bytes = %.2f%% of the budget; test recall@20 %.4f "
+               "ndcg@20 %.4f", name, rec["min_per_row"], f"{rec['packed_bytes']:,}",
+               100 * rec["fill"], rec["recall@20"], rec["ndcg@20"])
+  workdir_lib.write_json(os.path.join(rdir, "sweep_run.json"), rec)
+  return rec
+
+
+def _magnitude_record(config, setting: budget_lib.Setting, seed: int, lr: float, ref: dict,
+                      out: dict, seconds: float) -> dict:
+  """sweep_run.json of a magnitude run from :func:`cerp_jax.magnitude.prune_workdir`'s ``out``."""
+  (row,) = out["results"]
+  info = out["magnitude"]
+  packed = int(row["packed_bytes"])
+  lo, hi = config.sweep.window
+  fill = packed / setting.budget_bytes
+  return {
+      "name": run_name(setting, seed, lr), "method": setting.method,
+      "value_dtype": setting.value_dtype, "budget_fraction": setting.budget_fraction,
+      "budget_bytes": setting.budget_bytes, "reference": False, "seed": int(seed),
+      "lr": float(lr), "setting": setting.to_dict(), "summary": setting.summary, "status": "ok",
+      "packed_bytes": packed, "fill": fill, "within_window": bool(lo <= fill <= hi),
+      "nonzeros": int(row["nonzeros"]), "layouts": row["packed_layouts"],
+      "valid_selection": info["valid_selection"],
+      "selection": {"split": config.eval.selection_split, "metric": config.eval.selection_metric,
+                    "value": info["valid_selection"]},
+      "best_epoch": ref.get("best_epoch"), "epochs": 0, "prune_seconds": 0.0,
+      "retrain_seconds": 0.0, "train_seconds": float(ref["train_seconds"]) + seconds,
+      "wall_seconds": seconds, "num_users_evaluated": row["num_users_evaluated"],
+      "sampled": row["sampled"], "reference_run": ref["name"],
+      "min_per_row": info["min_per_row"], "min_per_row_grid": info["grid"],
+      "min_per_row_scores": info["scores"], "empty_rows": info["empty_rows"],
+      "empty_user_rows": info["empty_user_rows"], "empty_item_rows": info["empty_item_rows"],
+      **{k: v for k, v in row.items() if "@" in k}}
+
+
 # --------------------------------------------------------------------------------------------------
 # The most-popular floor
 # --------------------------------------------------------------------------------------------------
@@ -432,7 +562,10 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
   if not workdir:
     raise ValueError("a sweep needs a workdir")
   sc = config.sweep
-  jobs = [(s, seed, lr) for s in settings for seed in sc.seeds for lr in sc.lrs]
+  # magnitude prunes the trained reference: its runs come last
+  ordered = sorted(settings, key=lambda st: st.method == "magnitude")
+  jobs = [(s, seed, lr) for s in ordered for seed in sc.seeds for lr in sc.lrs]
+  reference = budget_lib.reference_setting(data.num_entities, sc.reference_dim)
   group_of = {i: g for g in shared_stage1_groups(settings) for i in g}
   shared: dict = {}  # (first index of the group, seed) → shared stage-1 folder
   records = []
@@ -445,6 +578,9 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
         logging.info("sweep: %s not finished yet; left out of the report", run_name(s, seed, lr))
       continue
     logging.info("sweep: run %d/%d", i + 1, len(jobs))
+    if s.method == "magnitude":
+      records.append(run_magnitude(config, s, reference, seed, lr, workdir))
+      continue
     prune_dir = None
     idx = settings.index(s)
     if idx in group_of and _open_without_own_stage1(workdir, s, seed, lr):

@@ -23,7 +23,9 @@ from cerp_jax import budget as budget_lib
 from cerp_jax import packing
 
 METHOD_LABELS = {"full": "full table (smaller d)", "qr": "QR", "hash": "hashing", "pep": "PEP",
-                 "cerp": "CERP"}
+                 "cerp": "CERP", "magnitude": "magnitude pruning (no retraining)"}
+MARKERS = {"full": "s", "qr": "^", "hash": "v", "pep": "D", "cerp": "o", "magnitude": "X"}
+COLORS = {"magnitude": "tab:olive"}  # frontier.png; other methods take the colour cycle's
 LINESTYLES = {"float32": "-", "float16": ":", "int8": "--"}  # frontier.png, per value dtype
 
 
@@ -38,7 +40,8 @@ def aggregate(records: Sequence[dict], metric_keys: Sequence[str]) -> list[dict]
   over seeds, then means (and standard deviations) over its seeds.
 
   Returns:
-    rows with ``method, value_dtype, budget_fraction, budget_bytes, reference, setting, lr, seeds, num_seeds,
+    rows with ``method, value_dtype, budget_fraction, budget_bytes, reference, dim`` (the model's d
+    when the records carry it), ``setting, lr, seeds, num_seeds,
     packed_bytes`` (max over seeds), ``packed_bytes_min``, ``fill`` (max), ``within_window`` (all
     seeds), ``nonzeros`` (mean), each metric's mean and ``<metric>_std``, ``valid_selection``,
     ``train_seconds`` (mean), ``status``.
@@ -60,7 +63,8 @@ def aggregate(records: Sequence[dict], metric_keys: Sequence[str]) -> list[dict]
     lr, chosen = max(sorted(by_lr.items()), key=lr_score)
     ok = [r for r in chosen if r["status"] == "ok"]
     row = {"method": method, "value_dtype": value_dtype, "budget_fraction": frac, "budget_bytes": chosen[0]["budget_bytes"],
-           "reference": ref, "setting": chosen[0]["summary"], "lr": lr,
+           "reference": ref, "dim": chosen[0]["setting"].get("overrides", {}).get("model.dim"),
+           "setting": chosen[0]["summary"], "lr": lr,
            "seeds": " ".join(str(r["seed"]) for r in chosen), "num_seeds": len(chosen),
            "status": "ok" if len(ok) == len(chosen) else
            ("partial" if ok else chosen[0]["status"])}
@@ -108,7 +112,8 @@ RESULT_COLUMNS = ("method", "value_dtype", "budget_fraction", "budget_bytes", "r
 RUN_COLUMNS = ("name", "method", "value_dtype", "budget_fraction", "budget_bytes", "reference", "seed", "lr",
                "summary", "status", "packed_bytes", "fill", "within_window", "nonzeros",
                "recall@20", "ndcg@20", "recall@50", "ndcg@50", "valid_selection", "best_epoch",
-               "epochs", "prune_seconds", "retrain_seconds", "train_seconds", "wall_seconds")
+               "epochs", "prune_seconds", "retrain_seconds", "train_seconds", "wall_seconds",
+               "min_per_row", "empty_rows")  # the last two: magnitude runs only
 
 
 def _fmt(v, spec=".4f"):
@@ -149,6 +154,9 @@ def markdown(rows: Sequence[dict], config, num_entities: int, pop: Optional[dict
       "A method with a value dtype (e.g. 'full table (smaller d), int8' = `full@int8`) is sized for "
       "tables packed in that dtype and trained in float32; its file is packed in that dtype after "
       "training (post-training quantization) and its metrics are those of the packed tables.",
+      "Magnitude pruning (no retraining) prunes the trained reference full table of the same seed and "
+      "lr to PEP's non-zeros, each row keeping at least m entries (m chosen on "
+      f"{sel}); its train time is the reference's plus the pruning.",
       "", "| method | budget | setting | packed bytes | of budget | Recall@20 | NDCG@20 | train time |",
       "|---|---|---|---|---|---|---|---|"]
   for r in rows:
@@ -176,24 +184,31 @@ def markdown(rows: Sequence[dict], config, num_entities: int, pop: Optional[dict
                   r["budget_fraction"] == b and not r["reference"]), None)
         cells.append("–" if r is None else _fmt(r.get(k)))
       lines.append(f"| {label(m, vdt)} | " + " | ".join(cells) + " |")
-  ref = next((r for r in rows if r["reference"]), None)
-  if ref is not None and ref.get("recall@20") is not None:
-    lines += ["", f"Full table d={sc.reference_dim} (reference, {ref['packed_bytes']:,} bytes): "
-              f"Recall@20 {ref['recall@20']:.4f}, NDCG@20 {ref['ndcg@20']:.4f}."]
+  refs = [r for r in rows if r["reference"] and r.get("recall@20") is not None]
+  if refs:
+    lines.append("")
+  for ref in refs:
+    lines.append(f"Full table d={_ref_dim(ref, sc)} (reference, {ref['packed_bytes']:,} bytes): "
+                 f"Recall@20 {ref['recall@20']:.4f}, NDCG@20 {ref['ndcg@20']:.4f}.")
   return "\n".join(lines) + "\n"
+
+
+def _ref_dim(row: dict, sweep_config) -> int:
+  """A reference row's d: the record's ``model.dim``, else d_ref."""
+  return row.get("dim") or sweep_config.reference_dim
 
 
 def plot_frontier(path: str, rows: Sequence[dict], config, pop: Optional[dict],
                   num_entities: int) -> None:
   """frontier.png: Recall@20 and NDCG@20 against packed bytes (log x), one line per method spec
-  (method + value dtype: float16 dotted, int8 dashed, same marker as the method), a star
-  for the full table at d_ref, a dashed line for the most-popular ranking."""
+  (method + value dtype: float16 dotted, int8 dashed, same marker as the method; magnitude pruning
+  its own marker and colour), a star per reference full table (black at d_ref, grey at the
+  ``extra_reference_dims``), a dashed line for the most-popular ranking."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-  markers = {"full": "s", "qr": "^", "hash": "v", "pep": "D", "cerp": "o"}
   for ax, (k, title) in zip(axes, (("recall@20", "Recall@20"), ("ndcg@20", "NDCG@20"))):
     for spec in config.sweep.methods:
       m, vdt = budget_lib.parse_method(spec)
@@ -202,12 +217,13 @@ def plot_frontier(path: str, rows: Sequence[dict], config, pop: Optional[dict],
                    and not r["reference"] and r.get(k) is not None)
       if pts:
         x, y, e = map(np.asarray, zip(*pts))
-        ax.errorbar(x, y, yerr=e if e.any() else None, marker=markers.get(m, "o"), capsize=3,
-                    linestyle=LINESTYLES[vdt], label=label(m, vdt))
-    ref = next((r for r in rows if r["reference"] and r.get(k) is not None), None)
-    if ref is not None:
-      ax.plot([ref["packed_bytes"]], [ref[k]], marker="*", markersize=15, color="black",
-              linestyle="none", label=f"full table d={config.sweep.reference_dim}")
+        ax.errorbar(x, y, yerr=e if e.any() else None, marker=MARKERS.get(m, "o"), capsize=3,
+                    linestyle=LINESTYLES[vdt], label=label(m, vdt), color=COLORS.get(m))
+    for ref in (r for r in rows if r["reference"] and r.get(k) is not None):
+      d = _ref_dim(ref, config.sweep)
+      ax.plot([ref["packed_bytes"]], [ref[k]], marker="*", markersize=15, linestyle="none",
+              color="black" if d == config.sweep.reference_dim else "grey",
+              label=f"full table d={d}")
     if pop:
       ax.axhline(pop[k], color="grey", linestyle="--", linewidth=1, label="most popular")
     full_bytes = packing.full_table_bytes(num_entities, config.sweep.reference_dim)

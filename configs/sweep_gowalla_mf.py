@@ -3,7 +3,8 @@
   python sweep.py --config=configs/sweep_gowalla_mf.py --workdir=runs/sweep_gowalla_mf
   python sweep.py --config=configs/sweep_gowalla_mf.py --solve_only   # print the settings only
 
-Every method (full table at smaller d, QR, hashing, PEP, CERP) at 2.5 %, 5 % and 10 % of the
+Every method (full table at smaller d, QR, hashing, PEP, CERP, and magnitude pruning of the trained
+reference table, which retrains nothing) at 2.5 %, 5 % and 10 % of the
 full float32 [N, 128] table (add 0.25 with ``--config.sweep.budgets='(0.025,0.05,0.1,0.25)'``: CERP's
 stage 1 there, b = 16,667, is ~2.5 h on a 2-core CPU, since every step's Adam update covers all
 4·b·d entries of P, Q and their thresholds), sized by cerp_jax/budget.py, trained with the
@@ -23,14 +24,19 @@ def sweep_settings(c, budgets=(0.025, 0.05, 0.1), reference_dim=128, seeds=(3407
   c.sweep = ml_collections.ConfigDict()
   # method specs <method>[@<value dtype>] (cerp_jax.budget.parse_method): 'full@int8' is sized for
   # int8 packed tables, trained in float32, packed int8 after training
-  c.sweep.methods = ("full", "qr", "hash", "pep", "cerp")
+  c.sweep.methods = ("full", "qr", "hash", "pep", "cerp", "magnitude")
   c.sweep.budgets = tuple(budgets)     # fractions of the full float32 [N, reference_dim] table
   c.sweep.reference_dim = reference_dim  # d_ref: the full table's width, and d of QR/hash/PEP/CERP
-  c.sweep.reference = True             # also train the full table at d_ref (the plot's marker)
+  c.sweep.reference = True             # also train the full table at d_ref (the plot's marker;
+                                       # magnitude prunes it)
+  c.sweep.extra_reference_dims = ()    # further full-table references at these d (plot markers)
   c.sweep.seeds = tuple(seeds)         # every (method, budget) runs with each seed
   c.sweep.lrs = tuple(lrs)             # the same retraining learning-rate grid for every method
   c.sweep.cerp_sparsity = 0.5          # CERP's b is sized at this target sparsity (then filled)
   c.sweep.window = (0.9, 1.0)          # measured packed bytes must lie in this share of the budget
+  # magnitude: entries every row keeps before the global ranking, chosen on validation (values
+  # with N·m > the budget's non-zeros skipped)
+  c.sweep.magnitude_min_per_row = (0, 1, 2, 4, 8)
   return c
 
 

@@ -10,6 +10,8 @@ from cerp_jax import packing
 from cerp_jax import pruning
 from conftest import packed_len, sparse_table
 
+ELEMENT_SPARSE = ("pep", "magnitude")  # an element-sparse [N, d_ref] table
+
 def test_budget_bytes_and_reference():
   assert B.budget_bytes(0.25, 70839, 128) == int(0.25 * (70839 * 128 * 4 + 16))
   ref = B.reference_setting(320, 32)
@@ -28,7 +30,7 @@ def test_sparsity_for_matches_pruning_budgets():
 def _meta_for(setting: B.Setting, n: int) -> packing.PackedMeta:
   """The meta eval.py writes for a run of this setting (U = n // 3 users, the rest items)."""
   o = setting.overrides
-  m, d, b = o["model.embedding"], o["model.dim"], o.get("model.bucket_size", 0)
+  m, d, b = _packed_method(setting), o["model.dim"], o.get("model.bucket_size", 0)
   kw = dict(method=m, backbone="lightgcn", num_users=n // 3, num_items=n - n // 3,
             item_offset=n // 3, dim=d)
   if m == "cerp":
@@ -40,10 +42,15 @@ def _meta_for(setting: B.Setting, n: int) -> packing.PackedMeta:
   return packing.PackedMeta(**kw, value_dtype=setting.value_dtype)
 
 
+def _packed_method(setting: B.Setting) -> str:
+  """The method of the file a run packs (magnitude packs PEP's format)."""
+  return "pep" if setting.method == "magnitude" else setting.overrides["model.embedding"]
+
+
 def _realise(setting: B.Setting, n: int, split: float = 0.5, nonzeros=None) -> dict:
   """Tables with the shapes (and non-zero counts) a run of this setting packs."""
   o, d = setting.overrides, setting.overrides["model.dim"]
-  m = o["model.embedding"]
+  m = _packed_method(setting)
   if m == "full":
     return {"E": sparse_table(n, d, n * d)}
   if m == "qr":
@@ -77,11 +84,11 @@ def test_solver_meets_every_budget_measured(n, d_ref, fractions, method):
     for split in splits:
       measured = packed_len(_realise(s, n, split), _meta_for(s, n))  # the file eval.py writes
       assert 0.9 * s.budget_bytes <= measured <= s.budget_bytes, (method, f, split, measured)
-      if method in E.PRUNED_EMBEDDINGS:
+      if method in E.PRUNED_EMBEDDINGS + ELEMENT_SPARSE:
         assert s.predicted_min_bytes <= measured <= s.predicted_bytes
       else:
         assert measured == s.predicted_bytes
-    if method in E.PRUNED_EMBEDDINGS:
+    if method in E.PRUNED_EMBEDDINGS + ELEMENT_SPARSE:
       # a snapshot can only have fewer non-zeros than the budget: still within the budget
       for fewer in (s.nonzeros - 1, int(0.98 * s.nonzeros)):
         assert packed_len(_realise(s, n, nonzeros=fewer)) <= s.budget_bytes
@@ -153,3 +160,31 @@ def test_cerp_sparsity_knob_moves_b():
   hi = B.solve("cerp", 0.1, 3000, 64, cerp_sparsity=0.8)
   assert hi.overrides["model.bucket_size"] > lo.overrides["model.bucket_size"]
   assert hi.overrides["target_sparsities"][0] > lo.overrides["target_sparsities"][0]
+
+
+@pytest.mark.parametrize("value_dtype", ["float32", "float16", "int8"])
+@pytest.mark.parametrize("n,d_ref,fractions", [(320, 32, (0.1, 0.2)),
+                                               (29858 + 40981, 128, (0.025, 0.05, 0.1))])
+def test_magnitude_is_sized_as_pep(n, d_ref, fractions, value_dtype):
+  """magnitude: PEP's non-zeros, sparsity and predicted bytes; the run's model is the full table."""
+  for f in fractions:
+    pep = B.solve(f"pep@{value_dtype}", f, n, d_ref)
+    mag = B.solve(f"magnitude@{value_dtype}", f, n, d_ref)
+    assert (mag.method, mag.value_dtype) == ("magnitude", value_dtype)
+    assert mag.spec == B.method_spec("magnitude", value_dtype)
+    assert (mag.nonzeros, mag.budget_bytes, mag.predicted_bytes, mag.predicted_min_bytes) == (
+        pep.nonzeros, pep.budget_bytes, pep.predicted_bytes, pep.predicted_min_bytes)
+    assert mag.overrides["target_sparsities"] == pep.overrides["target_sparsities"]
+    assert mag.overrides["model.embedding"] == "full" and mag.overrides["model.dim"] == d_ref
+    assert mag.overrides.get("pack.value_dtype") == pep.overrides.get("pack.value_dtype")
+    # the exact packed size of a magnitude mask's nnz entries is PEP's
+    assert packed_len(_realise(mag, n), _meta_for(mag, n)) == mag.predicted_min_bytes
+
+
+def test_reference_at_another_width():
+  ref = B.reference_setting(320, 32, 16)
+  assert ref.reference and ref.overrides == {"model.embedding": "full", "model.dim": 16}
+  assert ref.budget_bytes == packing.full_table_bytes(320, 16)
+  assert ref.budget_fraction == pytest.approx(packing.full_table_bytes(320, 16) /
+                                              packing.full_table_bytes(320, 32))
+  assert B.reference_setting(320, 32).budget_fraction == 1.0

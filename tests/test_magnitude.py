@@ -48,3 +48,25 @@ def test_refuses_bad_arguments():
     M.magnitude_mask(t, 4, min_per_row=3)
   with pytest.raises(ValueError, match=r"expected \[N, d\]"):
     M.magnitude_mask(np.zeros(3), 1)
+
+
+def test_choose_min_per_row_takes_the_best_score_and_skips_infeasible_m():
+  rng = np.random.default_rng(1)
+  t = rng.normal(size=(10, 4)).astype(np.float32)
+  seen = []
+
+  def score(pruned):  # a stand-in for validation NDCG: prefers the fewest empty rows
+    seen.append(pruned.copy())
+    return -float(M.empty_rows(pruned != 0))
+
+  c = M.choose_min_per_row(t, 15, (0, 1, 2, 4, 8), score)
+  assert list(c.scores) == [0, 1]  # 10·2 > 15, 4 and 8 > d: skipped
+  assert c.min_per_row == 1 and c.scores[1] == max(c.scores.values())
+  assert c.mask.sum() == 15 and M.empty_rows(c.mask) == 0
+  np.testing.assert_allclose(c.table, np.where(c.mask, t, 0))
+  assert len(seen) == 2
+  tie = M.choose_min_per_row(t, 40, (2, 0, 1), lambda p: 1.0)  # a tie: the earlier m
+  assert tie.min_per_row == 2
+  with pytest.raises(ValueError, match="no m with"):
+    M.choose_min_per_row(t, 5, (1, 2), score)
+  assert M.feasible_min_per_row((0, 1, 1, 5, -1), 40, 10, 4) == [0, 1]

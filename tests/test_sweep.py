@@ -1,5 +1,6 @@
 """sweep.py over the tiny config: all files, one row per (method, budget), measured bytes within
-each budget, the full table beating most-popular, and a rerun that skips finished runs."""
+each budget, the full table beating most-popular, a rerun that skips finished runs, and magnitude
+pruning of the trained reference (m chosen on validation, nothing trained)."""
 
 import csv
 import json
@@ -7,10 +8,13 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from cerp_jax import budget as budget_lib
 from cerp_jax import finalize
+from cerp_jax import magnitude as magnitude_lib
+from cerp_jax import packing
 from cerp_jax import sweep as S
 from cerp_jax import train as train_lib
 from conftest import REPO, synthetic_interactions, write_lightgcn
@@ -51,7 +55,8 @@ def test_sweep_writes_all_files_one_row_per_method_and_budget(swept, sweep_confi
   assert [r["method"] for r in rows if r["reference"] == "True"] == ["full"]
   assert all(r["status"] == "ok" for r in rows)
   md = open(os.path.join(workdir, "results.md")).read()
-  for label in ("full table (smaller d)", "QR", "hashing", "PEP", "CERP", "most popular",
+  for label in ("full table (smaller d)", "QR", "hashing", "PEP", "CERP",
+                "magnitude pruning (no retraining)", "most popular",
                 "Recall@20", "NDCG@20", "train time"):
     assert label in md
   assert len(_csv(os.path.join(workdir, "runs.csv"))) == len(out["records"]) == \
@@ -85,7 +90,8 @@ def test_runs_follow_the_equal_protocol(swept, sweep_config):
     assert "sweep" not in rc
     assert rc["retrain"] == json.loads(sweep_config.retrain.to_json())  | {"lr": rec["lr"]}
     assert rc["eval"] == json.loads(sweep_config.eval.to_json())
-    assert rc["seed"] == rec["seed"] and rc["model"]["embedding"] == rec["method"]
+    embedding = "full" if rec["method"] == "magnitude" else rec["method"]  # prunes the full table
+    assert rc["seed"] == rec["seed"] and rc["model"]["embedding"] == embedding
     assert rc["prune"]["gamma_init"] == (0.0 if rec["method"] == "pep" else
                                          sweep_config.prune.gamma_init)
     for k, v in rec["setting"]["overrides"].items():
@@ -114,6 +120,7 @@ def test_rerun_skips_finished_runs(swept, sweep_config, monkeypatch):
 
   monkeypatch.setattr(train_lib, "train_and_evaluate", boom)
   monkeypatch.setattr(finalize, "evaluate_workdir", boom)
+  monkeypatch.setattr(magnitude_lib, "prune_workdir", boom)
   S.run_sweep(sweep_config, workdir)
   assert not calls
   for n, text in before.items():
@@ -174,7 +181,7 @@ def test_cli_solve_only(sweep_config, tmp_path):
   assert "| cerp | 20.0% |" in r.stdout and "| full | reference |" in r.stdout
   with open(tmp_path / "w" / "plan.json") as f:
     plan = json.load(f)
-  assert plan["num_entities"] == 320 and len(plan["settings"]) == 11
+  assert plan["num_entities"] == 320 and len(plan["settings"]) == 13
   assert not (tmp_path / "w" / "runs").exists()
 
 
@@ -264,3 +271,79 @@ def test_int8_method_sized_trained_float32_and_packed_int8(sweep_config, tmp_pat
   assert "full table (smaller d), int8" in md
   assert "Post-training quantization" in finalize.markdown_table(
       json.loads((rdir / "eval.json").read_text()))
+
+
+def _magnitude_records(out):
+  recs = [r for r in out["records"] if r["method"] == "magnitude"]
+  assert recs
+  return recs
+
+
+def test_magnitude_prunes_the_reference_with_m_chosen_on_validation(swept, sweep_config):
+  """Each budget: PEP's non-zeros of the trained reference table, m the best on validation among
+  the feasible grid values, packed under the budget, evaluated from the packed file."""
+  workdir, out = swept
+  sc = sweep_config.sweep
+  ref = next(r for r in out["records"] if r["reference"])
+  ref_table = packing.unpack(os.path.join(workdir, "runs", ref["name"], "packed", "full.cerp"))["E"]
+  n, d = ref_table.shape
+  for rec in _magnitude_records(out):
+    pep = budget_lib.solve("pep", rec["budget_fraction"], n, sc.reference_dim)
+    assert rec["setting"]["nonzeros"] == pep.nonzeros and rec["reference_run"] == ref["name"]
+    assert rec["min_per_row_grid"] == list(sc.magnitude_min_per_row)
+    tried = [int(m) for m in rec["min_per_row_scores"]]
+    assert tried == [m for m in sc.magnitude_min_per_row if n * m <= pep.nonzeros]
+    best = max(rec["min_per_row_scores"].values())
+    assert rec["min_per_row_scores"][str(rec["min_per_row"])] == pytest.approx(best, abs=1e-9)
+    assert rec["valid_selection"] == pytest.approx(best, abs=1e-9)
+    assert rec["packed_bytes"] <= rec["budget_bytes"] and rec["within_window"]
+    rdir = os.path.join(workdir, "runs", rec["name"])
+    ev = json.load(open(os.path.join(rdir, "eval.json")))
+    (row,) = ev["results"]
+    assert ev["magnitude"]["min_per_row"] == rec["min_per_row"]
+    assert rec["recall@20"] == pytest.approx(row["recall@20"]) and rec["epochs"] == 0
+    assert not os.path.exists(os.path.join(rdir, "retrain"))  # nothing trained
+    pruned = packing.unpack(row["packed_file"])["E"]
+    mask = magnitude_lib.magnitude_mask(ref_table, pep.nonzeros, rec["min_per_row"])
+    np.testing.assert_array_equal(pruned != 0, mask)
+    np.testing.assert_allclose(pruned, np.where(mask, ref_table, 0), rtol=1e-6, atol=0)
+    assert rec["empty_rows"] == magnitude_lib.empty_rows(mask)
+    assert packing.read_header(row["packed_file"]).method == "pep"  # PEP's format
+
+
+def test_magnitude_without_its_reference_is_a_clear_error(sweep_config, tmp_path, monkeypatch):
+  c = sweep_config.copy_and_resolve_references()
+  c.sweep.methods, c.sweep.budgets, c.sweep.reference = ("magnitude",), (0.2,), False
+  monkeypatch.setattr(magnitude_lib, "prune_workdir", lambda *a, **k: pytest.fail("ran"))
+  with pytest.raises(ValueError, match=r"magnitude_b0.2000_seed0_lr0.01: its reference run "
+                     r"full_reference_seed0_lr0.01 .* has not finished"):
+    S.run_sweep(c, str(tmp_path))
+
+
+@pytest.mark.parametrize("field,value", [
+    ("magnitude_min_per_row", (0, -1)), ("magnitude_min_per_row", (1, 33)),
+    ("magnitude_min_per_row", ()), ("magnitude_min_per_row", (0.5,)),
+    ("extra_reference_dims", (32,)), ("extra_reference_dims", (0,)),
+    ("extra_reference_dims", (16, 16))])
+def test_bad_magnitude_and_reference_fields_refused(sweep_config, field, value):
+  c = sweep_config.copy_and_resolve_references()
+  c.sweep[field] = value
+  with pytest.raises(ValueError, match=f"config.sweep.{field}"):
+    S.validate_sweep_config(c)
+
+
+def test_extra_reference_dims_train_more_references(swept, sweep_config):
+  """A reference at d = 16 besides d_ref = 32: its own run, a second reference row and line; the
+  finished magnitude runs are skipped."""
+  workdir, _ = swept
+  c = sweep_config.copy_and_resolve_references()
+  c.sweep.methods, c.sweep.extra_reference_dims = ("magnitude",), (16,)
+  out = S.run_sweep(c, workdir)
+  refs = sorted((r["name"], r["setting"]["overrides"]["model.dim"]) for r in out["records"]
+                if r["reference"])
+  assert refs == [("full_reference_d16_seed0_lr0.01", 16), ("full_reference_seed0_lr0.01", 32)]
+  rows = _csv(os.path.join(workdir, "results.csv"))
+  assert sorted(float(r["budget_fraction"]) for r in rows if r["reference"] == "True")[1] == 1.0
+  assert len([r for r in rows if r["reference"] == "True"]) == 2
+  md = open(os.path.join(workdir, "results.md")).read()
+  assert "Full table d=16 (reference" in md and "Full table d=32 (reference" in md
