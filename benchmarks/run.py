@@ -66,20 +66,6 @@ TARGETS = {"P1a": (12.0, "ms"), "P1b": (0.5, "s"), "P1c": (1.0, "ms"), "P2_mf": 
 GOWALLA = {"num_users": 29_858, "num_items": 40_981, "bucket_size": 1000, "dim": 128}
 
 
-def measure_machine():
-  """fp32 matmul GFLOP/s (numpy, 2048³, best of 3) and memory GB/s (copy of 512 MiB, best of 3)."""
-  a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
-  a @ a
-  best = min(_timed(lambda: a @ a) for _ in range(3))
-  flops = 2 * 2048 ** 3 / best
-  x = np.ones(128 * 2 ** 20, np.float32)
-  y = np.empty_like(x)
-  np.copyto(y, x)
-  best = min(_timed(lambda: np.copyto(y, x)) for _ in range(3))
-  bw = 2 * x.nbytes / best  # read + write
-  return {"matmul_gflops": flops / 1e9, "memory_gbs": bw / 1e9}
-
-
 def _p3_measured(workdir):
   """{'seconds', 'step'} of the 0.5 target in WORKDIR/prune/summary.json.
 
@@ -99,12 +85,6 @@ def _p3_measured(workdir):
     raise ValueError(f"--p3_workdir: {path} ran on past the 0.5 snapshot (other targets), so its "
                      "wall time is not the time to 0.5; use a run with target_sparsities=(0.5,)")
   return {"seconds": float(summary["seconds"]), "step": int(hit[0]["step"])}
-
-
-def _timed(fn):
-  t = time.perf_counter()
-  fn()
-  return time.perf_counter() - t
 
 
 def _config(module, **overrides):
@@ -339,7 +319,8 @@ def main(argv):
   cli.setup()
   import jax  # pylint: disable=g-import-not-at-top
   want = [f.strip() for f in FLAGS.figures.split(",") if f.strip()]
-  m = measure_machine()
+  import timing  # pylint: disable=g-import-not-at-top
+  m = timing.measure_machine()
   flops, bw = m["matmul_gflops"] * 1e9, m["memory_gbs"] * 1e9
   print(f"machine: {jax.devices()[0]}, fp32 matmul {m['matmul_gflops']:.0f} GFLOP/s, memory "
         f"{m['memory_gbs']:.1f} GB/s", flush=True)

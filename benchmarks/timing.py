@@ -83,3 +83,23 @@ def time_eval(config, data, workers=None, score_only: bool = False) -> dict:
           "sampled": res["sampled"], "batch_size": ec.batch_size,
           "full_ranking_estimate_s": res["seconds"] * res["num_users_total"] /
                                      res["num_users_evaluated"]}
+
+
+def measure_machine():
+  """fp32 matmul GFLOP/s (numpy, 2048³, best of 3) and memory GB/s (copy of 512 MiB, best of 3)."""
+  a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
+  a @ a
+  best = min(_timed(lambda: a @ a) for _ in range(3))
+  flops = 2 * 2048 ** 3 / best
+  x = np.ones(128 * 2 ** 20, np.float32)
+  y = np.empty_like(x)
+  np.copyto(y, x)
+  best = min(_timed(lambda: np.copyto(y, x)) for _ in range(3))
+  bw = 2 * x.nbytes / best  # read + write
+  return {"matmul_gflops": flops / 1e9, "memory_gbs": bw / 1e9}
+
+
+def _timed(fn):
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t

@@ -1,0 +1,123 @@
+"""LightGCN propagation on Gowalla: forward + backward of the 3-layer mean, against its memory bound.
+
+  python benchmarks/propagation.py                  # d = 64 and 128, every variant
+  python benchmarks/propagation.py --dims=128 --variants=bcsr --reps=5
+
+Times ``grad(sum(propagate(E) * W))`` (the layer-0 table's gradient through the mean of layers
+0..3, as a training step needs it) on Gowalla's training graph, median over ``--reps`` calls after a
+warm-up, and prints each variant beside two bounds computed from the bandwidth measured in the same
+run (the machine's copy bandwidth, as benchmarks/run.py measures it), for 2L products Â @ H (L
+forward, L backward: Â is symmetric, so the backward pass is the same product):
+
+  gather model   2L × (E·(4d + 8) + 2·N·4d) bytes / bandwidth: stream the E non-zeros (value +
+                 column, 8 B), gather one row of H per non-zero with no reuse from cache (4d B),
+                 read H and write the result once;
+  floor          2L × (E·8 + 2·N·4d) bytes / bandwidth: the compulsory traffic alone (every gathered
+                 row hits the cache), which no implementation can beat.
+
+A variant whose gathers reuse cached rows beats the gather model; one that materialises the [E, d]
+gathered products pays more than it.
+
+Variants: ``bcsr`` (the project's: jax.experimental.sparse.BCSR with the symmetric custom VJP),
+``segment`` (gather, scale, ``segment_sum`` over sorted rows, same VJP trick), ``bcsr_autodiff``
+(BCSR without the custom VJP).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+import numpy as np
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("dims", ["64", "128"], "Embedding widths d.")
+flags.DEFINE_list("variants", ["bcsr", "segment", "bcsr_autodiff"], "Propagation variants.")
+flags.DEFINE_integer("reps", 5, "Timed calls per (variant, d) after a warm-up call.")
+flags.DEFINE_integer("layers", 3, "LightGCN layers L.")
+
+
+def _variants(graph: dict, n: int):
+  """``{name: fn(h [N, d]) -> Â @ h}`` with the VJPs each variant uses."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from cerp_jax import models  # pylint: disable=g-import-not-at-top
+  rows = jnp.asarray(graph["rows"])
+
+  def seg(h):
+    return jax.ops.segment_sum(h[graph["indices"]] * graph["data"][:, None], rows,
+                               num_segments=n, indices_are_sorted=True)
+
+  seg_sym = jax.custom_vjp(seg)
+  seg_sym.defvjp(lambda h: (seg(h), None), lambda _, ct: (seg(ct),))
+  return {"bcsr": lambda h: models.symmetric_spmm(graph, h),
+          "segment": seg_sym,
+          "bcsr_autodiff": lambda h: models._bcsr_matmul(graph, h)}  # pylint: disable=protected-access
+
+
+def _time(fn, *args, reps: int) -> float:
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - t0)
+  return float(np.median(times))
+
+
+def main(argv):
+  del argv
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import timing  # pylint: disable=g-import-not-at-top  (benchmarks/timing.py: machine limits)
+  from cerp_jax import cli  # pylint: disable=g-import-not-at-top
+  from cerp_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from cerp_jax import graph as graph_lib  # pylint: disable=g-import-not-at-top
+  cli.setup()
+  from configs import gowalla_lightgcn  # pylint: disable=g-import-not-at-top
+  config = gowalla_lightgcn.get_config()
+  data = cli.run_cli(data_lib.load_interactions, config)
+  adj = graph_lib.normalized_adjacency(data.train)
+  graph = {k: jnp.asarray(v) for k, v in graph_lib.graph_arrays(adj).items()}
+  n, e = adj.shape[0], adj.nnz
+  m = timing.measure_machine()
+  bw = m["memory_gbs"] * 1e9
+  print(f"machine: {jax.devices()[0]}, memory {m['memory_gbs']:.1f} GB/s, fp32 matmul "
+        f"{m['matmul_gflops']:.0f} GFLOP/s; graph N = {n:,}, E = {e:,}, L = {FLAGS.layers}")
+  fns = _variants(graph, n)
+  print("| variant | d | fwd + bwd (s) | gather model (s) | × model | floor (s) | × floor | "
+        "forward only (s) |")
+  print("|---|---|---|---|---|---|---|---|")
+  for d in (int(x) for x in FLAGS.dims):
+    rng = np.random.default_rng(0)
+    h0 = jnp.asarray(rng.standard_normal((n, d), dtype=np.float32))
+    w = jnp.asarray(rng.standard_normal((n, d), dtype=np.float32))
+    model = 2 * FLAGS.layers * (e * (4 * d + 8) + 2 * n * 4 * d) / bw
+    floor = 2 * FLAGS.layers * (e * 8 + 2 * n * 4 * d) / bw
+    for name in FLAGS.variants:
+      spmm = fns[name]
+
+      def propagate(h, spmm=spmm):
+        out, x = h, h
+        for _ in range(FLAGS.layers):
+          x = spmm(x)
+          out = out + x
+        return out / (FLAGS.layers + 1)
+
+      fwd_bwd = jax.jit(jax.grad(lambda h, propagate=propagate: jnp.sum(propagate(h) * w)))
+      fwd = jax.jit(propagate)
+      t = _time(fwd_bwd, h0, reps=FLAGS.reps)
+      tf = _time(fwd, h0, reps=FLAGS.reps)
+      print(f"| {name} | {d} | {t:.3f} | {model:.3f} | {t / model:.2f} | {floor:.3f} | "
+            f"{t / floor:.1f} | {tf:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)
