@@ -58,12 +58,16 @@ def curve(workdir: str, target: str = "") -> list[dict]:
       # 'end' evaluates after epoch e (e + 1 trained); 'start' before it; 'first_step' after 1 step
       rows.append({"epoch": rec["epoch"] + (1 if timing == "end" else 0),
                    "wall_s": round(rec["seconds"], 1),
-                   **{f"{s}_{m}": rec.get(f"{s}/{m}") for s in ("valid", "test")
+                   **{f"{s}_{m}": _round(rec.get(f"{s}/{m}")) for s in ("valid", "test")
                       for m in ("recall@20", "ndcg@20")}})
   if not rows:
     raise ValueError(f"{path}: no stage-2 evaluation record with 'seconds' (written by this "
                      "version's train.py; add --config.eval.test_curve=True for test metrics)")
   return rows
+
+
+def _round(x):
+  return None if x is None else round(x, 5)
 
 
 def write_csv(path: str, runs: Sequence[tuple[str, list[dict]]]) -> None:
