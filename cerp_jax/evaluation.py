@@ -285,3 +285,11 @@ def describe(result: dict) -> str:
 def most_popular_scores(train: sp.csr_matrix) -> np.ndarray:
   """``[I] float32`` item popularity (training counts), the most-popular baseline's score."""
   return np.asarray(train.sum(axis=0)).ravel().astype(np.float32)
+
+
+def most_popular_metrics(evaluator: Evaluator, train: sp.csr_matrix) -> dict:
+  """``evaluator``'s metrics of ranking every user's items by training popularity (the floor a
+  recommender must beat): the :meth:`Evaluator.evaluate` dict without ``seconds``."""
+  pop = jnp.asarray(most_popular_scores(train))
+  res = evaluator.evaluate(lambda p, users: jnp.broadcast_to(p, (users.shape[0], p.shape[0])), pop)
+  return {k: v for k, v in res.items() if k != "seconds"}

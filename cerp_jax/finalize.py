@@ -197,6 +197,8 @@ def evaluate_workdir(workdir: str, user_sample: int = -1, batch_size: int = 0,
     shutil.rmtree(staging, ignore_errors=True)
     raise FileNotFoundError(f"{workdir}: no finished retraining to evaluate; run train.py first")
   out = _eval_json(config, data, workdir, rows, ref, allow_fallback)
+  pop = evaluation.most_popular_metrics(evaluator, data.train)
+  out["most_popular"] = {k: v for k, v in pop.items() if "@" in k}
   if shard_lib.is_primary():
     workdir_lib.write_json(os.path.join(workdir, "eval.json.tmp"), out, sort_keys=False)
     swap_packed(workdir, staging)
@@ -486,6 +488,10 @@ def markdown_table(out: dict) -> str:
     ref = out["reference"]
     lines.append(f"reference (full table, {ref['workdir']}): test Recall@20 {ref['recall@20']:.4f}; "
                  "kept: " + ", ".join(f"{r['target']} {r['recall@20_kept']:.1%}" for r in rows))
+  if "recall@20" in out.get("most_popular", {}):
+    pop = out["most_popular"]
+    lines.append(f"most-popular ranking (the floor), same users: test Recall@20 "
+                 f"{pop['recall@20']:.4f}, NDCG@20 {pop['ndcg@20']:.4f}")
   for r in rows:
     c = r.get("checkpoint", {})
     if c.get("fallback"):

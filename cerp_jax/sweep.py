@@ -44,7 +44,6 @@ import time
 from typing import Optional, Sequence
 
 from absl import logging
-import jax.numpy as jnp
 import ml_collections
 
 from cerp_jax import budget as budget_lib
@@ -513,8 +512,7 @@ def most_popular(config, data: data_lib.Interactions, workdir: str) -> dict:
   ec = config.eval
   ev = evaluation.Evaluator(data, "test", ec.ks, ec.batch_size, user_sample=ec.test_user_sample,
                             seed=ec.sample_seed)
-  pop = jnp.asarray(evaluation.most_popular_scores(data.train))
-  res = ev.evaluate(lambda p, users: jnp.broadcast_to(p, (users.shape[0], p.shape[0])), pop)
+  res = evaluation.most_popular_metrics(ev, data.train)
   out = {k: v for k, v in res.items() if "@" in k or k in ("num_users_evaluated", "sampled")}
   workdir_lib.write_json(path, out)
   return out
