@@ -23,6 +23,7 @@ It also formats the Markdown tables eval.py (:func:`markdown_table`) and train.p
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from typing import Callable, Optional, Sequence
@@ -355,22 +356,38 @@ def _eval_json(config, data: data_lib.Interactions, workdir: str, rows: list,
   return out
 
 
-def reference_metrics(workdir: str) -> dict:
-  """Test Recall/NDCG@20 of a finished full-table run: its eval.json if eval.py ran there, else
-  train.py's ``retrain/full/result.json``.
+def reference_metrics(reference: str) -> dict:
+  """Test Recall/NDCG@20 of the uncompressed reference: a finished full-table workdir (its eval.json
+  if eval.py ran there, else train.py's ``retrain/full/result.json``), or a ``.json`` file recording
+  such a run (``{"recall@20", "ndcg@20", "source"}``, e.g. docs/results/reference_*.json; ``source``
+  names the run and its command).
+
+  Returns:
+    ``{'workdir': the workdir or the source named, 'recall@20', 'ndcg@20'}``.
 
   Raises:
-    FileNotFoundError: neither file exists (not a finished full-table workdir).
+    FileNotFoundError: neither file exists (not a finished full-table workdir), or no such file.
+    ValueError: a reference file without the three fields, or not JSON.
   """
-  ev, res = os.path.join(workdir, "eval.json"), workdir_lib.result_path(workdir, None)
+  if reference.endswith(".json"):
+    try:
+      rec = workdir_lib.read_json(reference)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"--reference={reference}: not JSON ({e.msg}, line {e.lineno})") from None
+    missing = [k for k in ("recall@20", "ndcg@20", "source") if k not in rec]
+    if missing:
+      raise ValueError(f"--reference={reference}: missing field(s) {missing}")
+    return {"workdir": str(rec["source"]), "recall@20": float(rec["recall@20"]),
+            "ndcg@20": float(rec["ndcg@20"])}
+  ev, res = os.path.join(reference, "eval.json"), workdir_lib.result_path(reference, None)
   if os.path.exists(ev):
     row = workdir_lib.read_json(ev)["results"][0]
   elif os.path.exists(res):
     row = workdir_lib.read_json(res)["test"]
   else:
-    raise FileNotFoundError(f"--reference={workdir}: neither eval.json nor {res} exists (is it a "
+    raise FileNotFoundError(f"--reference={reference}: neither eval.json nor {res} exists (is it a "
                             "finished full-table run?)")
-  return {"workdir": os.path.abspath(workdir), "recall@20": row["recall@20"],
+  return {"workdir": os.path.abspath(reference), "recall@20": row["recall@20"],
           "ndcg@20": row["ndcg@20"]}
 
 

@@ -31,3 +31,22 @@ def test_eval_json_reports_most_popular_for_the_same_users(test_config, tmp_path
     recalls.append(test[u, top].sum() / test[u].sum())
   assert out["most_popular"]["recall@20"] == pytest.approx(np.mean(recalls), rel=1e-6)
   assert "most-popular ranking (the floor), same users" in finalize.markdown_table(out)
+
+
+def test_reference_file_names_its_run(tmp_path):
+  """A recorded reference (.json with recall@20, ndcg@20, source) is read as a run; a file missing a
+  field or not JSON is refused with its name."""
+  good = tmp_path / "ref.json"
+  good.write_text('{"recall@20": 0.1666, "ndcg@20": 0.1433, "source": "full d=64 (docs)"}')
+  assert finalize.reference_metrics(str(good)) == {"workdir": "full d=64 (docs)",
+                                                   "recall@20": 0.1666, "ndcg@20": 0.1433}
+  bad = tmp_path / "bad.json"
+  bad.write_text('{"recall@20": 0.1}')
+  with pytest.raises(ValueError, match=r"bad.json: missing field\(s\) \['ndcg@20', 'source'\]"):
+    finalize.reference_metrics(str(bad))
+  bad.write_text("{")
+  with pytest.raises(ValueError, match="bad.json: not JSON"):
+    finalize.reference_metrics(str(bad))
+  from conftest import REPO  # pylint: disable=g-import-not-at-top
+  shipped = finalize.reference_metrics(str(REPO / "docs/results/reference_gowalla_lightgcn_d64.json"))
+  assert 0 < shipped["recall@20"] < 1 and "d=64" in shipped["workdir"]
