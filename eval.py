@@ -34,8 +34,10 @@ flags.DEFINE_string("mesh_shape", "", "Device mesh sizes, comma-separated, for t
 flags.DEFINE_bool("allow_fallback", False, "Accept a budget evaluated from an older retrain "
                   "checkpoint because the newest is unreadable or fails its digests (recorded in "
                   "eval.json either way; without this flag such a fallback exits with status 2).")
-flags.DEFINE_string("reference", None, "A finished full-table workdir (train.py --config=…:full): "
-                    "each budget then reports the share of its test Recall@20 that it keeps.")
+flags.DEFINE_string("reference", None, "A finished full-table workdir (train.py --config=…:full) "
+                    "or a recorded reference .json (recall@20, ndcg@20, source; e.g. docs/results/"
+                    "reference_gowalla_lightgcn_d64.json): each budget then reports the share of its "
+                    "test Recall@20 that it keeps.")
 flags.DEFINE_enum("value_dtype", None, ["float32", "float16", "int8"], "Value dtype of the packed "
                   "files (default: the training config's pack.value_dtype).")
 flags.DEFINE_list("quantized", ["float16", "int8"], "Value dtypes of post-training quantization "
