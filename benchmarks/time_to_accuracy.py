@@ -23,6 +23,7 @@ from absl import app
 from absl import flags
 
 from cerp_jax import cli
+from cerp_jax import workdir as workdir_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("run", [], "NAME:WORKDIR of a run to include (repeat).")
@@ -42,8 +43,7 @@ def curve(workdir: str, target: str = "") -> list[dict]:
     ValueError: a line is not JSON (named by file and line), or no record has ``seconds``.
   """
   path = os.path.join(workdir, "metrics.jsonl")
-  timing = json.load(open(os.path.join(workdir, "config.json"), encoding="utf-8"))["eval"].get(
-      "timing", "end")
+  timing = workdir_lib.read_json(os.path.join(workdir, "config.json"))["eval"].get("timing", "end")
   rows = []
   with open(path, encoding="utf-8") as f:
     for n, line in enumerate(f, 1):

@@ -66,7 +66,7 @@ class Selection:
                                           plan=loop.plan)
     self.score_fn = models.make_score_fn(model, data.num_users)
     self.vectors_fn = models.make_vectors_fn(model)
-    self._curve_evaluator = None  # eval.test_curve's test evaluator, built on first use
+    self._test_eval = None  # the test split's evaluator, built on first use
 
   def evaluate(self, params, batch_stats, evaluator: evaluation.Evaluator) -> dict:
     """``evaluator``'s metrics of the given parameters (with the loop's masks and graph)."""
@@ -107,30 +107,32 @@ class Selection:
     """``eval.test_curve``: the current parameters' test metrics into ``rec`` (``test/…``), for a
     learning curve only (never used for selection); their wall time is kept out of ``seconds``."""
     t0 = time.perf_counter()
-    ec, state = self.config.eval, self.loop.state
-    if self._curve_evaluator is None:
-      self._curve_evaluator = evaluation.Evaluator(
-          self.data, "test", ec.ks, ec.batch_size, user_sample=ec.test_user_sample,
-          seed=ec.sample_seed, plan=self.loop.plan)
-    res = self.evaluate(state.params, state.batch_stats, self._curve_evaluator)
+    state = self.loop.state
+    res = self.evaluate(state.params, state.batch_stats, self._test_evaluator())
     rec.update({f"test/{k}": v for k, v in res.items() if "@" in k})
     meta = self.loop.meta
     meta["test_curve_seconds"] = meta.get("test_curve_seconds", 0.0) + time.perf_counter() - t0
+
+  def _test_evaluator(self) -> evaluation.Evaluator:
+    """The test split's evaluator (``eval.test_user_sample``), built once."""
+    if self._test_eval is None:
+      ec = self.config.eval
+      self._test_eval = evaluation.Evaluator(self.data, "test", ec.ks, ec.batch_size,
+                                             user_sample=ec.test_user_sample, seed=ec.sample_seed,
+                                             plan=self.loop.plan)
+    return self._test_eval
 
   def test(self) -> dict:
     """Test metrics of the selected parameters: the selection evaluation's own when it ran on the
     same test users, else a test evaluation (``eval.test_user_sample``)."""
     ec, meta, best, ev = self.config.eval, self.loop.meta, self.loop.best, self.evaluator
-    test_eval = evaluation.Evaluator(self.data, "test", ec.ks, ec.batch_size,
-                                     user_sample=ec.test_user_sample, seed=ec.sample_seed,
-                                     plan=self.loop.plan)
     if ec.selection_split == "test" and ec.test_user_sample == ec.user_sample:
       epochs = [h["epoch"] for h in meta["history"]]
       test_res = dict(meta["history"][epochs.index(meta["best_epoch"])])
       test_res.update(split="test", num_users_evaluated=ev.users.size,
                       num_users_total=ev.num_users_total, sampled=ev.sampled)
       return test_res
-    return self.evaluate(best["params"], best["batch_stats"], test_eval)
+    return self.evaluate(best["params"], best["batch_stats"], self._test_evaluator())
 
   def result(self, target: Optional[float], snapshot_info: dict) -> dict:
     """``retrain/<tag>/result.json`` of the finished run: the selection, its history, the test
