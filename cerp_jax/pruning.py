@@ -74,6 +74,19 @@ def masks_from_snapshot(snapshot: dict) -> dict:
   return {k: (np.asarray(v) != 0).astype(np.float32) for k, v in snapshot.items()}
 
 
+def random_masks(masks: dict, seed: int) -> dict:
+  """The random-ticket control: each table's mask with its ones moved to positions drawn uniformly
+  at random (a seeded permutation of the flattened mask), so every table keeps exactly its number
+  of non-zeros. ``{name: [rows, d] float32}`` in and out, numpy; the same seed gives the same masks
+  on every machine (integer permutations only)."""
+  rng = np.random.default_rng(seed)
+  out = {}
+  for k in sorted(masks):
+    m = np.asarray(masks[k])
+    out[k] = rng.permutation(m.reshape(-1)).reshape(m.shape).astype(np.float32)
+  return out
+
+
 def rewind(initial: dict, masks: dict) -> dict:
   """Lottery-ticket rewinding: ``initial ⊙ mask`` per table, numpy."""
   return {k: np.asarray(initial[k]) * masks[k] for k in masks}

@@ -468,9 +468,12 @@ def load_prune_results(config, data: data_lib.Interactions, workdir: str):
 # --------------------------------------------------------------------------------------------------
 
 
-def _lottery_ticket(variables: dict, target: float, prune_state, prune_summary: dict):
+def _lottery_ticket(variables: dict, target: float, prune_state, prune_summary: dict,
+                    ticket: str = "snapshot", seed: int = 0):
   """``(variables, snapshot summary)``: the step-0 tables under the mask of ``target``'s snapshot
-  (mask = snapshot ≠ 0) in ``params``, the mask in ``'masks'``.
+  (mask = snapshot ≠ 0) in ``params``, the mask in ``'masks'``. ``ticket='random'`` is the control:
+  the same number of non-zeros per table at positions drawn from ``seed``
+  (:func:`pruning.random_masks`), the same step-0 values.
 
   Raises:
     ValueError: stage 1 did not reach ``target``.
@@ -480,11 +483,14 @@ def _lottery_ticket(variables: dict, target: float, prune_state, prune_summary: 
     raise ValueError(f"target sparsity {target} was not reached in stage 1; nothing to retrain")
   mask = pruning.masks_from_snapshot({k: prune_state.snapshots[k][i]
                                       for k in prune_state.snapshots})
+  if ticket == "random":
+    mask = pruning.random_masks(mask, seed)
   rewound = pruning.rewind(prune_state.initial, mask)
   params = dict(variables["params"])
   params["embedding"] = {**params["embedding"], **{k: jnp.asarray(v) for k, v in rewound.items()}}
   masks = {"embedding": {k: jnp.asarray(v) for k, v in mask.items()}}
-  info = next(t for t in prune_summary["targets"] if t["target_sparsity"] == target)
+  info = {**next(t for t in prune_summary["targets"] if t["target_sparsity"] == target),
+          "ticket": ticket}
   return {**variables, "params": params, "masks": masks}, info
 
 
@@ -514,7 +520,8 @@ def retrain_stage(config, data: data_lib.Interactions, workdir: str, target: Opt
   variables = models.init_variables(model, config.seed, config.retrain.num_negatives + 1)
   snapshot_info = {}
   if target is not None:
-    variables, snapshot_info = _lottery_ticket(variables, target, prune_state, prune_summary)
+    variables, snapshot_info = _lottery_ticket(variables, target, prune_state, prune_summary,
+                                               config.retrain.ticket, config.seed)
   state = create_train_state(config, model, RETRAIN, variables)
   loop = _make_loop(config, data, model, RETRAIN, workdir, os.path.join(out_dir, "checkpoints"),
                     {"stage": "retrain", "target": tag})

@@ -164,7 +164,8 @@ _RESUME_IGNORED = ("stage", "progress_bar", "checkpoint_every_steps",
 _ADDED_FIELD_DEFAULTS = {"prune.threshold_weight_decay": -1.0, "prune.gk_ramp_steps": 0,
                          "retrain.lr_schedule": "constant", "retrain.lr_warmup_epochs": 0.0,
                          "retrain.lr_decay_epochs": 0.0, "retrain.lr_final_fraction": 0.0,
-                         "eval.timing": "end", "eval.test_curve": False}
+                         "eval.timing": "end", "eval.test_curve": False,
+                         "retrain.ticket": "snapshot"}
 
 _STAGE1_FIELDS = ("data", "model", "prune", "sampling", "seed", "target_sparsities")
 
@@ -294,6 +295,7 @@ _CHOICES = {
     "eval.selection_split": ("valid", "test"),
     "eval.report": ("best", "per_metric_max"),
     "retrain.lr_schedule": ("constant", "cosine"),
+    "retrain.ticket": ("snapshot", "random"),
     "eval.timing": ("end", "start", "first_step"),
     "pack.value_dtype": tuple(packing.VALUE_DTYPES),
 }

@@ -101,6 +101,7 @@ def get_config(arg: str = ""):
   c.retrain.lr_warmup_epochs = 0.0    # cosine: linear warm-up from 0 over these epochs.
   c.retrain.lr_decay_epochs = 0.0     # cosine: lr reaches lr·lr_final_fraction here (0: max_epochs).
   c.retrain.lr_final_fraction = 0.0
+  c.retrain.ticket = "snapshot"  # | 'random': the control mask (same non-zeros per table, random places).
   c.retrain.steps_per_block = 64
 
   c.eval = ml_collections.ConfigDict()

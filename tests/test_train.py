@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -202,6 +203,7 @@ def test_mlp_backbone_trains_and_never_nans(test_config, tmp_path):
     ("eval.selection_metric", "ndcg@abc", "selection_metric='ndcg@abc'"),
     ("eval.ks", (5, 20, 500), "K=500 exceeds the 80 items"),
     ("data.valid_fraction", 1.5, "valid_fraction=1.5"),
+    ("retrain.ticket", "rand", "config.retrain.ticket='rand'"),
 ])
 def test_config_typos_refused_before_writing(test_config, tmp_path, field, value, match):
   node = test_config
@@ -260,6 +262,42 @@ def test_retrain_from_another_workdirs_stage1(test_config, tmp_path):
   c5.target_sparsities = (0.3,)
   with pytest.raises(ValueError, match=r"stage 1 ran for target sparsities \[0.25, 0.4\], not \[0.3\]"):
     T.train_and_evaluate(c5, str(tmp_path / "e"))
+
+
+def test_random_ticket_keeps_counts_and_initial_values():
+  rng = np.random.default_rng(0)
+  initial = {k: rng.normal(size=(16, 8)).astype(np.float32) for k in ("P", "Q")}
+  snaps = {k: (initial[k] * (rng.random((16, 8)) < 0.3))[None] for k in ("P", "Q")}
+  ps = types.SimpleNamespace(reached=np.array([True]), snapshots=snaps, initial=initial)
+  variables = {"params": {"embedding": {k: np.zeros((16, 8), np.float32) for k in ("P", "Q")}}}
+  summary = {"targets": [{"target_sparsity": 0.7, "step": 5}]}
+  ticket = lambda kind, seed: T._lottery_ticket(variables, 0.7, ps, summary, kind, seed)
+  snap_v, snap_info = ticket("snapshot", 0)
+  rand_v, rand_info = ticket("random", 0)
+  assert (snap_info["ticket"], rand_info["ticket"]) == ("snapshot", "random")
+  for k in ("P", "Q"):
+    snap_mask, rand_mask = (np.asarray(v["masks"]["embedding"][k]) for v in (snap_v, rand_v))
+    np.testing.assert_array_equal(snap_mask, snaps[k][0] != 0)
+    assert rand_mask.sum() == snap_mask.sum() and (rand_mask != snap_mask).any()
+    np.testing.assert_array_equal(rand_v["params"]["embedding"][k], initial[k] * rand_mask)
+  again, _ = ticket("random", 0)
+  other, _ = ticket("random", 1)
+  np.testing.assert_array_equal(again["masks"]["embedding"]["P"], rand_v["masks"]["embedding"]["P"])
+  assert (np.asarray(other["masks"]["embedding"]["P"]) !=
+          np.asarray(rand_v["masks"]["embedding"]["P"])).any()
+
+
+def test_random_ticket_retrains_from_another_workdirs_stage1(test_config, tmp_path):
+  c1 = test_config.copy_and_resolve_references()
+  c1.stage = "prune"
+  T.train_and_evaluate(c1, str(tmp_path / "a"))
+  c2 = c1.copy_and_resolve_references()
+  c2.stage, c2.prune_workdir, c2.retrain.max_epochs = "retrain", str(tmp_path / "a"), 2
+  c2.retrain.ticket = "random"
+  out = T.train_and_evaluate(c2, str(tmp_path / "b"))
+  for tag, res in out.items():
+    assert res["snapshot"]["ticket"] == "random", tag
+    assert np.isfinite(res["test"]["recall@20"])
 
 
 @pytest.mark.parametrize("field,off,on", [("threshold_weight_decay", -1.0, 0.05),
