@@ -152,3 +152,22 @@ def test_table_builder_rows_csv_and_markdown(tmp_path):
   assert o_row["seeds"] == "1;2" and math.isclose(o_row["recall@20_mean"], 0.30)
   assert o_row["snapshot_step"] == 110 and o_row["stage1_s"] == 60.0
   assert set(table.trajectories(wd, "mlp")["original"]) == {"1", "2"}
+
+
+def test_random_ticket_row_reads_its_stage1_through_prune_workdir(tmp_path):
+  wd = tmp_path / "wd"
+  _write_run(wd, "lightgcn", 1, 0.30, 100)
+  assert [r["method"] for r in table.collect(wd, ["lightgcn"], [0.5], {}, {"lightgcn": {0.5: 26}})
+          ] == ["cerp", "cerp", "full_d64", "full_d26"]  # no control run: no row
+  d = wd / "random_ticket" / "lightgcn" / "seed1"
+  (d / "retrain" / "sparsity_0.5000").mkdir(parents=True)
+  (d / "config.json").write_text('{"prune_workdir": "%s", "model": {"dim": 64}}'
+                                 % (wd / "cerp_jax" / "lightgcn" / "seed1"))
+  (d / "retrain" / "sparsity_0.5000" / "result.json").write_text(
+      '{"seconds": 4.0, "test": {"recall@20": 0.21, "ndcg@20": 0.11}}')
+  rows = table.collect(wd, ["lightgcn"], [0.5], {}, {"lightgcn": {0.5: 26}})
+  ctrl = next(r for r in rows if r["method"] == "random_ticket")
+  assert rows.index(ctrl) == 2 and ctrl["side"] == "cerp_jax" and ctrl["seeds"] == "1"
+  assert ctrl["recall@20_mean"] == 0.21 and ctrl["snapshot_step"] == 100  # the shared stage 1's
+  assert ctrl["stage2_s"] == 4.0 and ctrl["packed_bytes"] == rows[1]["packed_bytes"]
+  assert [v["backbone"] for v in table.verdicts(rows)] == ["lightgcn"]  # CERP rows only

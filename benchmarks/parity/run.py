@@ -53,8 +53,10 @@ flags.DEFINE_integer("prune_max_epochs", 5, "Both sides' stage-1 epoch cap.")
 flags.DEFINE_integer("mlp_retrain_epochs", 6, "Retraining epochs cap, MLP (evaluations at 0 and 5).")
 flags.DEFINE_integer("lightgcn_retrain_epochs", 21, "Retraining epochs cap, LightGCN (0, 10, 20).")
 flags.DEFINE_integer("jobs", 3, "Processes at once.")
-flags.DEFINE_list("tasks", ["original_prune", "original_retrain", "cerp_jax", "full"],
-                  "Which task kinds this invocation runs (finished ones are skipped anyway).")
+flags.DEFINE_list("tasks", ["original_prune", "original_retrain", "cerp_jax", "full",
+                            "random_ticket"],
+                  "Which task kinds this invocation runs (finished ones are skipped anyway); "
+                  "random_ticket retrains each cerp_jax seed's snapshots under random masks.")
 flags.DEFINE_bool("report_only", False, "Only rebuild the table from finished runs.")
 FLAGS = flags.FLAGS
 
@@ -200,8 +202,10 @@ def reparse_original(wd: pathlib.Path) -> None:
 
 # ------------------------------------------------------------------------------------ cerp_jax
 
-def train_py(backbone: str, workdir: pathlib.Path, seed: int, full_dim: int = 0) -> None:
-  """One cerp_jax run (both stages, or the full table at ``full_dim``) of the parity config."""
+def train_py(backbone: str, workdir: pathlib.Path, seed: int, full_dim: int = 0,
+             extra: tuple = ()) -> None:
+  """One cerp_jax run (both stages, or the full table at ``full_dim``) of the parity config, with
+  ``extra`` flags appended."""
   marker = workdir / "parity_done.json"
   if marker.exists():
     return
@@ -218,11 +222,24 @@ def train_py(backbone: str, workdir: pathlib.Path, seed: int, full_dim: int = 0)
     cmd.append(f"--config.retrain.groups_per_step={FLAGS.mlp_retrain_groups}")
   if full_dim:
     cmd.append(f"--config.model.dim={full_dim}")
+  cmd += list(extra)
   rc, secs = run_logged(cmd, REPO, workdir.parent / f"{workdir.name}.log")
   if rc == 0:
     dump_json(marker, {"seconds": secs, "cmd": cmd[1:]})
   else:
     logging.error("%s failed (rc %d); see %s.log", workdir, rc, workdir)
+
+
+def random_ticket(backbone: str, wd: pathlib.Path, seed: int) -> None:
+  """The random-ticket control of cerp_jax's seed ``seed``: its stage 1 (``--config.prune_workdir``),
+  each budget retrained under a random mask of the snapshot's size (``retrain.ticket='random'``)."""
+  stage1 = wd / "cerp_jax" / backbone / f"seed{seed}"
+  if not (stage1 / "prune" / "summary.json").exists():
+    logging.error("random ticket of %s: no stage 1 there yet; run the cerp_jax task first", stage1)
+    return
+  train_py(backbone, wd / "random_ticket" / backbone / f"seed{seed}", seed,
+           extra=("--config.stage=retrain", f"--config.prune_workdir={stage1}",
+                  "--config.retrain.ticket=random"))
 
 
 def full_dims(backbone: str) -> dict:
@@ -271,6 +288,11 @@ def main(argv):
             s = _seed0(bb) + i
             tasks.append(pool.submit(train_py, bb, wd / "full" / bb / f"d{d}_seed{s}", s, d))
       for f in tasks:
+        f.result()
+      later = [pool.submit(random_ticket, bb, wd, _seed0(bb) + i)
+               for i in range(FLAGS.num_seeds if "random_ticket" in FLAGS.tasks else 0)
+               for bb in FLAGS.backbones]  # each needs its seed's stage 1
+      for f in later:
         f.result()
   reparse_original(wd)
   rows = table.collect(wd, FLAGS.backbones, [float(t) for t in FLAGS.targets], settings,

@@ -104,10 +104,12 @@ def stage1_dir(d: pathlib.Path) -> pathlib.Path:
   return pathlib.Path(pw) if pw else d
 
 
-def cerp_row(wd: pathlib.Path, backbone: str, target: float, nbytes: Optional[int]) -> dict:
-  """cerp_jax's row over its finished seeds (``wd/cerp_jax/<backbone>/seed*/``)."""
+def cerp_row(wd: pathlib.Path, backbone: str, target: float, nbytes: Optional[int],
+             kind: str = "cerp_jax", method: str = "cerp") -> dict:
+  """cerp_jax's row over its finished seeds (``wd/<kind>/<backbone>/seed*/``; ``kind``
+  ``'random_ticket'``: the random-mask control, ``method`` ``'random_ticket'``)."""
   recalls, ndcgs, steps, s1, s2, seeds = [], [], [], [], [], []
-  for d in _seed_dirs(wd / "cerp_jax" / backbone):
+  for d in _seed_dirs(wd / kind / backbone):
     summ = _load(stage1_dir(d) / "prune" / "summary.json")
     res = _load(d / "retrain" / f"sparsity_{target:.4f}" / "result.json")
     if not summ or not res:
@@ -120,7 +122,7 @@ def cerp_row(wd: pathlib.Path, backbone: str, target: float, nbytes: Optional[in
     s1.append(summ["seconds"])
     s2.append(res["seconds"])
     seeds.append(d.name[4:])
-  return _row(backbone, target, "cerp_jax", "cerp", ";".join(seeds), recalls, ndcgs, steps, s1,
+  return _row(backbone, target, "cerp_jax", method, ";".join(seeds), recalls, ndcgs, steps, s1,
               s2, nbytes)
 
 
@@ -158,6 +160,8 @@ def collect(wd, backbones, targets, settings, full_dims: dict) -> list[dict]:
       nbytes = budget.cerp_bytes_range(NUM_ENTITIES, b, dim, nnz)[1]
       rows.append(original_row(wd, bb, t))
       rows.append(cerp_row(wd, bb, t, nbytes))
+      if _seed_dirs(wd / "random_ticket" / bb):
+        rows.append(cerp_row(wd, bb, t, nbytes, "random_ticket", "random_ticket"))
       for d in sorted({dim, full_dims[bb][t]}, reverse=True):
         rows.append(full_row(wd, bb, t, d, budget.dense_bytes([("E", NUM_ENTITIES, d)])))
   return rows
