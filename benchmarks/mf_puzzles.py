@@ -19,6 +19,10 @@ Three checks at the frontier's budgets (fractions of the float32 [N, 128] table)
    user and item rows, and test metrics of the pruned table without retraining. Restoring, pruning
    and scoring are the library's (:mod:`cerp_jax.magnitude`, :func:`cerp_jax.finalize.restore_best`).
 3. Most-popular on the same split, computed here.
+4. *And PEP's own masks?* With ``--pep_workdir`` (a finished PEP stage 1, e.g. the shared one
+   ``sweep.py --config=configs/sweep_gowalla_mf.py --config.sweep.methods='("pep",)'`` writes under
+   ``runs/``): the all-zero user and item rows of each of its snapshots, whose masks the retraining
+   keeps.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from configs import gowalla_mf  # noqa: E402
 flags.DEFINE_string("full_workdir", None, "A full-table run (d = 128) of configs/gowalla_mf.py:full.")
 flags.DEFINE_list("budgets", ["0.025", "0.05", "0.1"], "Fractions of the float32 [N, 128] table.")
 flags.DEFINE_list("min_per_row", ["0", "1", "2", "4", "8"], "m: entries every row keeps.")
+flags.DEFINE_string("pep_workdir", None, "A finished PEP stage 1 (its snapshots' empty rows).")
 flags.DEFINE_string("out", "docs/results/gowalla_mf_puzzles", "Output path without extension.")
 FLAGS = flags.FLAGS
 REFERENCE_DIM = 128
@@ -131,6 +136,39 @@ def magnitude_rows(data, table, evaluate, valid_ev, test_ev, fraction: float, ms
   return out
 
 
+def pep_snapshot_rows(workdir: str, data) -> list:
+  """All-zero user and item rows of every snapshot of a finished PEP stage 1 in ``workdir``."""
+  from cerp_jax import train  # pylint: disable=g-import-not-at-top
+  from cerp_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  config = workdir_lib.load_config(workdir)
+  prune_state, summary = train.load_prune_results(config, data, workdir)
+  n, d = np.asarray(prune_state.snapshots["E"]).shape[1:]
+  u, out = data.num_users, []
+  for i, t in enumerate(summary["targets"]):
+    if not t["reached"]:
+      continue
+    mask = np.asarray(prune_state.snapshots["E"][i]) != 0
+    out.append({"check": "PEP's own stage-1 snapshot (the retrained mask)",
+                "budget": _pep_fraction(t["budget"], n, d),
+                "setting": f"nnz={t['nonzeros']:,} (s={t['sparsity']:.4f}) at step {t['step']:,}",
+                "empty_user_rows": magnitude.empty_rows(mask[:u]),
+                "empty_item_rows": magnitude.empty_rows(mask[u:]),
+                "note": f"mean non-zeros per row {mask.sum() / n:.1f}"})
+  return out
+
+
+def _pep_fraction(budget: int, n: int, d: int):
+  """The frontier budget (fraction of the float32 [n, d] table) sized at ``budget`` non-zeros by
+  PEP, or ``'–'`` when none of the usual fractions is."""
+  for f in (0.025, 0.05, 0.1, 0.25):
+    try:
+      if abs(budget_lib.solve("pep", f, n, d).nonzeros - budget) <= 1:
+        return f
+    except budget_lib.BudgetError:  # a table too small for that fraction
+      continue
+  return "–"
+
+
 def write(rows: list, out: str) -> None:
   keys = ["check", "budget", "setting", "fit_corr", "empty_user_rows", "empty_item_rows",
           "valid_recall@20", "valid_ndcg@20", "recall@20", "ndcg@20", "note"]
@@ -181,6 +219,8 @@ def main(argv):
     for f in fractions:
       rows += magnitude_rows(data, table, evaluate, valid_ev, test_ev, f,
                              [int(m) for m in FLAGS.min_per_row])
+  if FLAGS.pep_workdir:
+    rows += pep_snapshot_rows(FLAGS.pep_workdir, data)
   write(rows, FLAGS.out)
 
 

@@ -266,3 +266,11 @@ def test_pep_prunes_with_the_shared_machinery(test_config, tmp_path):
         c.model.dim)  # self-describing: eval.py wrote the method's meta
   with open(os.path.join(wd, "eval.json")) as f:
     assert json.load(f)["embedding"] == "pep"
+  # benchmarks/mf_puzzles.py counts the entities each snapshot leaves without a vector
+  from benchmarks import mf_puzzles  # pylint: disable=g-import-not-at-top
+  rows = mf_puzzles.pep_snapshot_rows(wd, data)
+  for i, row in enumerate(rows):
+    empty = ~np.asarray(ps.snapshots["E"][i]).any(axis=1)
+    assert (row["empty_user_rows"], row["empty_item_rows"]) == (
+        int(empty[:data.num_users].sum()), int(empty[data.num_users:].sum()))
+    assert row["budget"] == "–" and f"nnz={summary['targets'][i]['nonzeros']:,}" in row["setting"]
