@@ -324,7 +324,7 @@ def write(rows: list[dict], out: pathlib.Path, settings: dict, wd: pathlib.Path)
       "(LightGCN) on both sides (the original is stopped after its last evaluation within the cap; "
       "cerp_jax's `retrain.max_epochs`). Metrics: per-metric maxima over the test evaluations (the "
       "original's report), full ranking of all 1,682 items, train items masked. b = 1024, d = 64. "
-      "Wall times on a 2-core CPU shared with other jobs: upper bounds.",
+      "Wall times: 2-core CPU; the notes say which rows ran on a loaded machine (upper bounds).",
       "",
       markdown(rows),
       "",
