@@ -152,6 +152,10 @@ def test_table_builder_rows_csv_and_markdown(tmp_path):
   assert o_row["seeds"] == "1;2" and math.isclose(o_row["recall@20_mean"], 0.30)
   assert o_row["snapshot_step"] == 110 and o_row["stage1_s"] == 60.0
   assert set(table.trajectories(wd, "mlp")["original"]) == {"1", "2"}
+  # stage-1 seconds of a budget only from the seeds that reached it
+  (o2 / "prune.json").write_text('{"seconds": 70.0, "seed": 2, "snapshots": {}}')
+  o_row = table.collect(wd, ["mlp"], [0.5], {}, {"mlp": {0.5: 26}})[0]
+  assert o_row["stage1_s"] == 50.0 and o_row["snapshot_step"] == 105
 
 
 def test_random_ticket_row_reads_its_stage1_through_prune_workdir(tmp_path):

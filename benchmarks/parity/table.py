@@ -81,14 +81,16 @@ def original_row(wd: pathlib.Path, backbone: str, target: float) -> dict:
     step = {round(float(k), 4): v for k, v in pr.get("snapshots", {}).items()}.get(round(target, 4))
     if step is not None:
       steps.append(step)
-    s1.append(pr.get("seconds"))
+    s1.append((step is not None, pr.get("seconds")))
     if hist:
       recalls.append(_max_metric(hist, "recall@20"))
       ndcgs.append(_max_metric(hist, "ndcg@20"))
       s2.append(rt.get("seconds"))
       seeds.append(str(pr.get("seed", "")))
+  # stage-1 seconds of the seeds that reached this budget (of every seed when none did)
+  reached = [x for ok, x in s1 if ok and x is not None]
   return _row(backbone, target, "original", "cerp", ";".join(seeds), recalls, ndcgs, steps,
-              [x for x in s1 if x is not None], s2)
+              reached or [x for _, x in s1 if x is not None], s2)
 
 
 def _seed_dirs(root: pathlib.Path) -> list:
