@@ -175,3 +175,20 @@ def test_random_ticket_row_reads_its_stage1_through_prune_workdir(tmp_path):
   assert ctrl["recall@20_mean"] == 0.21 and ctrl["snapshot_step"] == 100  # the shared stage 1's
   assert ctrl["stage2_s"] == 4.0 and ctrl["packed_bytes"] == rows[1]["packed_bytes"]
   assert [v["backbone"] for v in table.verdicts(rows)] == ["lightgcn"]  # CERP rows only
+
+
+def test_report_header_states_the_changed_settings(tmp_path):
+  wd = tmp_path / "wd"
+  _write_run(wd, "mlp", 1, 0.30, 100)
+  rows = table.collect(wd, ["mlp"], [0.5], {}, {"mlp": {0.5: 26}})
+  settings = {"threshold_init": -8.0, "prune_lr": 0.01, "prune_weight_decay": 0.001,
+              "mlp_retrain_groups": 50, "prune_max_epochs": 8, "mlp_retrain_epochs": 6,
+              "lightgcn_retrain_epochs": 21, "gamma_init": 1.0}
+  table.write(rows, tmp_path / "out", settings, wd)
+  head = (tmp_path / "out" / "parity.md").read_text()
+  assert "thresholds start at -8.0" in head and "γ₀" not in head  # the paper's γ₀: not a change
+  (tmp_path / "out" / "parity.md").write_text(head + "\nmy notes\n")
+  table.write(rows, tmp_path / "out", {**settings, "gamma_init": 0.01}, wd)
+  head = (tmp_path / "out" / "parity.md").read_text()
+  assert "regularizer weight γ₀ 0.01" in head and head.endswith("my notes\n")  # notes kept
+  assert (tmp_path / "out" / "parity.png").stat().st_size > 0

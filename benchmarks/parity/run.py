@@ -48,6 +48,7 @@ flags.DEFINE_integer("original_seeds", 1, "Seeds of the original (config seed, +
 flags.DEFINE_float("threshold_init", -8.0, "Both sides' threshold start (paper: −100).")
 flags.DEFINE_float("prune_lr", 1e-2, "Both sides' stage-1 Adam learning rate (paper: 1e-3).")
 flags.DEFINE_float("prune_weight_decay", 1e-3, "Both sides' stage-1 coupled weight decay (paper: 1e-5).")
+flags.DEFINE_float("gamma_init", 1.0, "Both sides' regularizer weight γ₀ (paper: 1; `--gamma_init`).")
 flags.DEFINE_integer("mlp_retrain_groups", 50, "MLP retraining groups per step, both sides (paper: 10).")
 flags.DEFINE_integer("prune_max_epochs", 5, "Both sides' stage-1 epoch cap.")
 flags.DEFINE_integer("mlp_retrain_epochs", 6, "Retraining epochs cap, MLP (evaluations at 0 and 5).")
@@ -137,7 +138,8 @@ def original_prune(backbone: str, wd: pathlib.Path, i: int = 0) -> None:
   cmd = original.prune_command(FLAGS.original_python, NAME, backbone, c.model.bucket_size,
                                c.model.dim, [float(t) for t in FLAGS.targets], FLAGS.threshold_init,
                                seed, prepath, FLAGS.prune_max_epochs)
-  cmd += ["--fm_lr", str(FLAGS.prune_lr), "--fm_l2_regularization", str(FLAGS.prune_weight_decay)]
+  cmd += ["--fm_lr", str(FLAGS.prune_lr), "--fm_l2_regularization", str(FLAGS.prune_weight_decay),
+          "--gamma_init", str(FLAGS.gamma_init)]
   rc, secs = run_logged(cmd, src / "CERP", odir / "prune.log", env=ORIGINAL_ENV)
   parsed = original.parse_prune_log((odir / "prune.log").read_text(), steps_per_epoch)
   dump_json(odir / "prune.json", {"rc": rc, "seconds": secs, "seed": seed, "cmd": cmd[1:],
@@ -217,7 +219,8 @@ def train_py(backbone: str, workdir: pathlib.Path, seed: int, full_dim: int = 0,
          f"--config.retrain.max_epochs={_cap(backbone)}",
          f"--config.target_sparsities=({','.join(FLAGS.targets)})"]
   cmd += [f"--config.prune.lr={FLAGS.prune_lr}",
-          f"--config.prune.weight_decay={FLAGS.prune_weight_decay}"]
+          f"--config.prune.weight_decay={FLAGS.prune_weight_decay}",
+          f"--config.prune.gamma_init={FLAGS.gamma_init}"]
   if backbone == "mlp":
     cmd.append(f"--config.retrain.groups_per_step={FLAGS.mlp_retrain_groups}")
   if full_dim:
@@ -259,7 +262,7 @@ def main(argv):
   del argv
   wd = (REPO / FLAGS.workdir) if not os.path.isabs(FLAGS.workdir) else pathlib.Path(FLAGS.workdir)
   settings = {"threshold_init": FLAGS.threshold_init, "prune_lr": FLAGS.prune_lr,
-              "prune_weight_decay": FLAGS.prune_weight_decay,
+              "prune_weight_decay": FLAGS.prune_weight_decay, "gamma_init": FLAGS.gamma_init,
               "mlp_retrain_groups": FLAGS.mlp_retrain_groups, "prune_max_epochs": FLAGS.prune_max_epochs,
               "mlp_retrain_epochs": FLAGS.mlp_retrain_epochs,
               "lightgcn_retrain_epochs": FLAGS.lightgcn_retrain_epochs}

@@ -318,7 +318,10 @@ def write(rows: list[dict], out: pathlib.Path, settings: dict, wd: pathlib.Path)
       f"own options: thresholds start at {settings['threshold_init']}** (paper: −100; "
       f"`--threshold_init`), **stage-1 Adam lr {settings['prune_lr']}** (paper: 1e-3; `--fm_lr`) "
       f"**and coupled weight decay {settings['prune_weight_decay']}** (paper: 1e-5; "
-      "`--fm_l2_regularization`), **MLP retraining batches of "
+      "`--fm_l2_regularization`), "
+      + (f"**regularizer weight γ₀ {settings['gamma_init']}** (paper: 1; `--gamma_init`), "
+         if settings.get("gamma_init", 1.0) != 1.0 else "") +
+      "**MLP retraining batches of "
       f"{settings['mlp_retrain_groups']} groups** (paper: 10; `--batch_size_train_factor`); stage 1 runs "
       "until its last budget is met (an epoch cap, `--prune_max_epoch`, only stops a run that never "
       "meets it: its row shows –); retraining capped at "
