@@ -142,7 +142,7 @@ def pep_snapshot_rows(workdir: str, data) -> list:
   from cerp_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   config = workdir_lib.load_config(workdir)
   prune_state, summary = train.load_prune_results(config, data, workdir)
-  n, d = np.asarray(prune_state.snapshots["E"]).shape[1:]
+  n, d = prune_state.snapshots["E"].shape[1:]
   u, out = data.num_users, []
   for i, t in enumerate(summary["targets"]):
     if not t["reached"]:

@@ -107,9 +107,10 @@ def stage1_dir(d: pathlib.Path) -> pathlib.Path:
 
 
 def cerp_row(wd: pathlib.Path, backbone: str, target: float, nbytes: Optional[int],
-             kind: str = "cerp_jax", method: str = "cerp") -> dict:
-  """cerp_jax's row over its finished seeds (``wd/<kind>/<backbone>/seed*/``; ``kind``
-  ``'random_ticket'``: the random-mask control, ``method`` ``'random_ticket'``)."""
+             kind: str = "cerp_jax") -> dict:
+  """cerp_jax's row over its finished seeds (``wd/<kind>/<backbone>/seed*/``): method ``cerp``, or
+  with ``kind='random_ticket'`` the random-mask control (method ``random_ticket``)."""
+  method = "cerp" if kind == "cerp_jax" else kind
   recalls, ndcgs, steps, s1, s2, seeds = [], [], [], [], [], []
   for d in _seed_dirs(wd / kind / backbone):
     summ = _load(stage1_dir(d) / "prune" / "summary.json")
@@ -163,7 +164,7 @@ def collect(wd, backbones, targets, settings, full_dims: dict) -> list[dict]:
       rows.append(original_row(wd, bb, t))
       rows.append(cerp_row(wd, bb, t, nbytes))
       if _seed_dirs(wd / "random_ticket" / bb):
-        rows.append(cerp_row(wd, bb, t, nbytes, "random_ticket", "random_ticket"))
+        rows.append(cerp_row(wd, bb, t, nbytes, "random_ticket"))
       for d in sorted({dim, full_dims[bb][t]}, reverse=True):
         rows.append(full_row(wd, bb, t, d, budget.dense_bytes([("E", NUM_ENTITIES, d)])))
   return rows
