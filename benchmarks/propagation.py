@@ -18,8 +18,9 @@ forward, L backward: Â is symmetric, so the backward pass is the same product):
 A variant whose gathers reuse cached rows beats the gather model; one that materialises the [E, d]
 gathered products pays more than it.
 
-Variants: ``bcsr`` (the project's: jax.experimental.sparse.BCSR with the symmetric custom VJP),
-``segment`` (gather, scale, ``segment_sum`` over sorted rows, same VJP trick), ``bcsr_autodiff``
+Variants: ``native`` (the project's: ``models.symmetric_spmm``, the C++ kernel of cerp_jax/spmm.py on
+the CPU, with the symmetric custom VJP; BCSR when it does not build or ``CERP_SPMM=bcsr``), ``bcsr``
+(jax.experimental.sparse.BCSR with the same VJP, the project's product before the kernel), ``segment`` (gather, scale, ``segment_sum`` over sorted rows, same VJP trick), ``bcsr_autodiff``
 (BCSR without the custom VJP).
 """
 
@@ -38,7 +39,8 @@ import numpy as np
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("dims", ["64", "128"], "Embedding widths d.")
-flags.DEFINE_list("variants", ["bcsr", "segment", "bcsr_autodiff"], "Propagation variants.")
+flags.DEFINE_list("variants", ["native", "bcsr", "segment", "bcsr_autodiff"],
+                  "Propagation variants.")
 flags.DEFINE_integer("reps", 5, "Timed calls per (variant, d) after a warm-up call.")
 flags.DEFINE_integer("layers", 3, "LightGCN layers L.")
 
@@ -48,6 +50,7 @@ def _variants(graph: dict, n: int):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from cerp_jax import models  # pylint: disable=g-import-not-at-top
+  from cerp_jax import spmm as spmm_lib  # pylint: disable=g-import-not-at-top
   rows = jnp.asarray(graph["rows"])
 
   def seg(h):
@@ -56,9 +59,16 @@ def _variants(graph: dict, n: int):
 
   seg_sym = jax.custom_vjp(seg)
   seg_sym.defvjp(lambda h: (seg(h), None), lambda _, ct: (seg(ct),))
-  return {"bcsr": lambda h: models.symmetric_spmm(graph, h),
+
+  def bcsr(h):
+    return spmm_lib.bcsr_matmul(graph, h)
+
+  bcsr_sym = jax.custom_vjp(bcsr)
+  bcsr_sym.defvjp(lambda h: (bcsr(h), None), lambda _, ct: (bcsr(ct),))
+  return {"native": lambda h: models.symmetric_spmm(graph, h),
+          "bcsr": bcsr_sym,
           "segment": seg_sym,
-          "bcsr_autodiff": lambda h: models._bcsr_matmul(graph, h)}  # pylint: disable=protected-access
+          "bcsr_autodiff": lambda h: spmm_lib.bcsr_matmul(graph, h)}
 
 
 def _time(fn, *args, reps: int) -> float:

@@ -21,12 +21,12 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.experimental import sparse as jsparse
 import numpy as np
 
 from cerp_jax import baselines
 from cerp_jax import embeddings as emb_lib
 from cerp_jax import graph as graph_lib
+from cerp_jax import spmm as spmm_lib
 
 
 class MF(nn.Module):
@@ -120,32 +120,27 @@ class NCFMLP(nn.Module):
     return jnp.moveaxis(scores, 0, 1).reshape(user_vecs.shape[0], -1)[:, :num_items]
 
 
-def _bcsr_matmul(graph: dict, h: jax.Array) -> jax.Array:
-  n = graph["indptr"].shape[0] - 1
-  a = jsparse.BCSR((graph["data"], graph["indices"], graph["indptr"]), shape=(n, n))
-  return a @ h
-
-
 @jax.custom_vjp
 def symmetric_spmm(graph: dict, h: jax.Array) -> jax.Array:
   """``Â @ h`` for a symmetric sparse ``Â`` given as CSR arrays (``jax.experimental.sparse.BCSR``).
 
   Because Â = Âᵀ, the backward pass is the same product (``Â @ ct``), which on CPU is far faster than
-  autodiff's transposed (scatter) product. The graph gets no gradient.
+  autodiff's transposed (scatter) product. The graph gets no gradient. The product is
+  :func:`cerp_jax.spmm.csr_matmul` (a native kernel on the CPU, BCSR elsewhere).
 
   Args:
     graph: ``data [E] float32``, ``indices [E] int32``, ``indptr [N+1] int32`` (and ``rows``, unused).
     h: ``[N, d]`` float32.
   """
-  return _bcsr_matmul(graph, h)
+  return spmm_lib.csr_matmul(graph, h)
 
 
 def _spmm_fwd(graph, h):
-  return _bcsr_matmul(graph, h), graph
+  return spmm_lib.csr_matmul(graph, h), graph
 
 
 def _spmm_bwd(graph, ct):
-  return jax.tree_util.tree_map(jnp.zeros_like, graph), _bcsr_matmul(graph, ct)
+  return jax.tree_util.tree_map(jnp.zeros_like, graph), spmm_lib.csr_matmul(graph, ct)
 
 
 symmetric_spmm.defvjp(_spmm_fwd, _spmm_bwd)

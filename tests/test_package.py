@@ -90,7 +90,8 @@ def test_pip_install_into_a_fresh_venv(tmp_path, editable):
   python = _fresh_venv(tmp_path / "venv")
   work = tmp_path / "elsewhere"  # neither the repository nor the source copy
   work.mkdir()
-  probe = [python, "-c", "import cerp_jax; print(cerp_jax.__file__); print(len(cerp_jax.__all__))"]
+  probe = [python, "-c", "import os, cerp_jax, cerp_jax.spmm as s; print(cerp_jax.__file__); "
+           "print(len(cerp_jax.__all__)); print(os.path.isfile(s._SOURCE))"]
   assert _run(probe, work, 60).returncode != 0  # not importable before the install
   source = _source_copy(tmp_path / "src")
   _pip_install(python, source, editable, work)
@@ -99,6 +100,7 @@ def test_pip_install_into_a_fresh_venv(tmp_path, editable):
   where = pathlib.Path(r.stdout.splitlines()[0]).resolve()
   assert where.is_relative_to((source if editable else tmp_path / "venv").resolve())
   assert int(r.stdout.splitlines()[1]) == len(cerp_jax.__all__)
+  assert r.stdout.splitlines()[2] == "True"  # the kernel's C++ source ships as package data
 
 
 @pytest.mark.slow
