@@ -40,7 +40,13 @@ def graph_arrays(adj: sp.csr_matrix) -> dict:
     CSR arrays ``data [E] float32``, ``indices [E] int32``, ``indptr [N+1] int32``, plus the COO
     row ids ``rows [E] int32``: no propagation uses them, but LightGCN's ``'graph'`` variable
     collection (:class:`cerp_jax.models.LightGCN`) declares them.
+
+  Raises:
+    ValueError: E ≥ 2³¹ (int32 indices would wrap).
   """
+  if adj.nnz > np.iinfo(np.int32).max:
+    raise ValueError(f"the normalised adjacency has {adj.nnz:,} non-zeros: more than int32 indices "
+                     "address (2,147,483,647)")
   rows = np.repeat(np.arange(adj.shape[0], dtype=np.int32), np.diff(adj.indptr))
   return {"data": adj.data.astype(np.float32), "indices": adj.indices.astype(np.int32),
           "indptr": adj.indptr.astype(np.int32), "rows": rows}

@@ -5,14 +5,15 @@ Two implementations of the same product, picked per platform at lowering time:
 * ``bcsr`` — ``jax.experimental.sparse.BCSR``; runs on every backend (GPU, TPU, CPU).
 * ``native`` — a small C++ kernel (``cerp_jax/csrc/csr_spmm.cc``) called through the XLA FFI on the
   CPU: one sweep per output row, the gathered row a few non-zeros ahead prefetched, rows split over
-  the cores this process may run on. On Gowalla's graph it is 2–6× faster than BCSR on the CPU
-  (docs/results/benchmarks.md, "LightGCN propagation"). Each row is summed in CSR order by one
-  thread, so the result does not depend on the thread count.
+  the cores this process may run on. On Gowalla's graph the propagation's forward + backward is
+  1.3–3.4× faster than BCSR on the CPU (docs/results/gowalla_lightgcn.md, "a native CPU kernel").
+  Each row is summed in CSR order by one thread, so the result does not depend on the thread count.
 
 The kernel is compiled on first use with the system's C++ compiler (``$CXX``, else ``g++`` or
 ``c++``) against the XLA FFI headers that ship with jaxlib, into a cache folder
-(``$CERP_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/cerp_jax`` or ``~/.cache/cerp_jax``), keyed by the
-source, jaxlib's version, the compiler and the CPU's flags. Without a compiler, or if the build
+(``$CERP_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/cerp_jax`` or ``~/.cache/cerp_jax``; the system's
+temporary folder when that is not writable), keyed by the source, jaxlib's version, the compiler
+and the CPU's flags. Without a compiler, or if the build
 fails, a warning is logged once and the CPU uses ``bcsr``. ``CERP_SPMM=bcsr`` forces BCSR,
 ``CERP_SPMM=native`` makes a failed build an error; ``CERP_SPMM_THREADS`` sets the kernel's threads
 (default: the CPUs in this process's affinity mask). Both are read when a function is traced.
@@ -33,6 +34,7 @@ from absl import logging
 import jax
 from jax.experimental import sparse as jsparse
 import jax.numpy as jnp
+import jaxlib
 import numpy as np
 
 _SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "csr_spmm.cc")
@@ -92,7 +94,8 @@ def csr_matmul(graph: dict, h: jax.Array) -> jax.Array:
 
   Args:
     graph: ``data [E] float32``, ``indices [E] int32``, ``indptr [N+1] int32`` (CSR of Â).
-    h: ``[N, d]`` (float32 for the native kernel; other dtypes take BCSR).
+    h: ``[N, d]`` (the native kernel takes float32 h and data with int32 indices; other dtypes,
+      and other default backends than the CPU, take BCSR).
 
   Returns:
     ``[N, d]``, h's dtype.
@@ -100,32 +103,50 @@ def csr_matmul(graph: dict, h: jax.Array) -> jax.Array:
   Raises:
     KernelBuildError: ``CERP_SPMM=native`` and the kernel does not build.
   """
-  if mode() == "bcsr" or h.dtype != jnp.float32 or h.ndim != 2 or not native_available():
+  m = mode()
+  fits = (h.dtype == jnp.float32 and h.ndim == 2 and graph["data"].dtype == jnp.float32
+          and graph["indices"].dtype == graph["indptr"].dtype == jnp.int32)
+  if m == "bcsr" or not fits or jax.default_backend() != "cpu":
+    return bcsr_matmul(graph, h)
+  if not native_available():
+    if m == "native":
+      raise KernelBuildError(f"CERP_SPMM=native: the CPU kernel is unavailable: {_build_error}")
     return bcsr_matmul(graph, h)
 
   def native(graph, h):
     call = jax.ffi.ffi_call(_TARGET, jax.ShapeDtypeStruct(h.shape, h.dtype),
                             vmap_method="sequential")
-    return call(graph["indptr"].astype(jnp.int32), graph["indices"].astype(jnp.int32),
-                graph["data"].astype(jnp.float32), h, num_threads=np.int64(num_threads()))
+    return call(graph["indptr"], graph["indices"], graph["data"], h,
+                num_threads=np.int64(num_threads()))
 
   return jax.lax.platform_dependent(graph, h, cpu=native, default=bcsr_matmul)
+
+
+_registered = None  # path of the library whose handler this process registered (once only:
+_build_error = ""   # XLA refuses a second handler under the same name)
 
 
 @functools.cache
 def native_available() -> bool:
   """Builds (once per cache key), loads and registers the kernel; False (with one warning) if not.
 
-  Raises:
-    KernelBuildError: it fails and ``CERP_SPMM=native``.
+  The reason of a failure is kept for :func:`csr_matmul`'s error under ``CERP_SPMM=native``.
   """
+  global _registered, _build_error
+  if _registered:
+    return True
   try:
-    lib = ctypes.cdll.LoadLibrary(_build())
+    path = _build()
+    try:
+      lib = ctypes.cdll.LoadLibrary(path)
+    except OSError:  # a cached file that does not load (truncated, unreadable): build it anew
+      path = _build(force=True)
+      lib = ctypes.cdll.LoadLibrary(path)
     jax.ffi.register_ffi_target(_TARGET, jax.ffi.pycapsule(lib.CerpCsrSpmm), platform="cpu")
+    _registered = path
     return True
   except (OSError, subprocess.SubprocessError, KernelBuildError) as e:
-    if mode() == "native":
-      raise KernelBuildError(f"CERP_SPMM=native: the CPU kernel is unavailable: {e}") from e
+    _build_error = str(e)
     logging.warning("LightGCN propagation on the CPU falls back to BCSR (slower): %s", e)
     return False
 
@@ -145,8 +166,8 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def _build() -> str:
-  """Path of the compiled kernel, compiling it when the cache has none for this key.
+def _build(force: bool = False) -> str:
+  """Path of the compiled kernel, compiling it when the cache has none for this key (or ``force``).
 
   Raises:
     KernelBuildError: no C++ compiler, or the compiler failed (its last message lines).
@@ -158,15 +179,23 @@ def _build() -> str:
     source = f.read()
   flags = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread",
            f"-I{jax.ffi.include_dir()}"]
-  key = hashlib.sha256(b"\0".join([source, jax.__version__.encode(), cxx.encode(),
+  key = hashlib.sha256(b"\0".join([source, jaxlib.__version__.encode(), cxx.encode(),
                                    " ".join(flags).encode(), _cpu_flags().encode(),
                                    platform.machine().encode()])).hexdigest()[:16]
   out_dir = _cache_dir()
   path = os.path.join(out_dir, f"csr_spmm-{key}.so")
-  if os.path.exists(path):
+  if os.path.exists(path) and not force:
     return path
-  os.makedirs(out_dir, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+  except OSError:  # a cache folder that cannot be written: the temporary folder
+    out_dir = os.path.join(tempfile.gettempdir(), "cerp_jax")
+    path = os.path.join(out_dir, f"csr_spmm-{key}.so")
+    if os.path.exists(path) and not force:
+      return path
+    os.makedirs(out_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
   os.close(fd)
   try:
     proc = subprocess.run([cxx, *flags, _SOURCE, "-o", tmp], capture_output=True, text=True,
@@ -177,6 +206,7 @@ def _build() -> str:
     if proc.returncode != 0:
       tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
       raise KernelBuildError(f"{cxx} failed on {_SOURCE}: {tail}")
+    os.chmod(tmp, 0o755)  # mkstemp's 0600 would keep other users of a shared cache out
     os.replace(tmp, path)  # atomic: a concurrent build of the same key writes the same file
   finally:
     if os.path.exists(tmp):

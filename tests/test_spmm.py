@@ -29,10 +29,13 @@ def test_native_kernel_builds_here():
 
 
 @pytest.mark.parametrize("d", [1, 3, 8, 64, 129])
-def test_native_equals_scipy_and_bcsr(d):
+def test_native_equals_scipy_and_bcsr(d, monkeypatch):
+  monkeypatch.setenv("CERP_SPMM", "native")
   a, graph = _graph()
   h = np.random.default_rng(d).standard_normal((a.shape[0], d), dtype=np.float32)
-  native = np.asarray(jax.jit(spmm.csr_matmul)(graph, jnp.asarray(h)))
+  fn = jax.jit(lambda g, x: spmm.csr_matmul(g, x))
+  assert "cerp_csr_spmm" in fn.lower(graph, jnp.asarray(h)).as_text()  # the kernel, not BCSR
+  native = np.asarray(fn(graph, jnp.asarray(h)))
   bcsr = np.asarray(jax.jit(spmm.bcsr_matmul)(graph, jnp.asarray(h)))
   want = a @ h
   np.testing.assert_allclose(native, want, rtol=1e-5, atol=1e-6)
@@ -51,6 +54,21 @@ def test_thread_count_does_not_change_the_result(monkeypatch):
     out[t] = np.asarray(fn(graph, h))
   np.testing.assert_array_equal(out["1"], out["3"])  # same rows, same order: same floats
   np.testing.assert_allclose(out["1"], a @ np.asarray(h), rtol=1e-5, atol=1e-6)
+
+
+def test_more_threads_than_rows(monkeypatch):
+  monkeypatch.setenv("CERP_SPMM_THREADS", "8")
+  a, graph = _graph(n=5, density=0.5, empty_rows=())
+  h = np.arange(15, dtype=np.float32).reshape(5, 3)
+  out = jax.jit(lambda g, x: spmm.csr_matmul(g, x))(graph, jnp.asarray(h))
+  np.testing.assert_allclose(np.asarray(out), a @ h, rtol=1e-6)
+
+
+def test_an_inconsistent_indptr_is_an_error():
+  _, graph = _graph()
+  bad = dict(graph, indptr=graph["indptr"].at[-1].add(-1))  # ends before E
+  with pytest.raises(Exception, match="indptr must run from 0 to E"):
+    jax.block_until_ready(jax.jit(lambda g, x: spmm.csr_matmul(g, x))(bad, jnp.ones((300, 2))))
 
 
 def test_gradient_through_the_symmetric_vjp():
@@ -83,17 +101,24 @@ def test_bad_environment_values_are_refused(monkeypatch, name, value):
     spmm.mode() if name == "CERP_SPMM" else spmm.num_threads()
 
 
-def test_a_failed_build_falls_back_or_raises(monkeypatch, tmp_path, caplog):
-  monkeypatch.setenv("CERP_KERNEL_CACHE", str(tmp_path / "cache"))
-  monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+@pytest.mark.parametrize("compiler", ["missing", "failing"])
+def test_a_failed_build_falls_back_or_raises(monkeypatch, tmp_path, caplog, compiler):
+  cache = tmp_path / "cache"
+  monkeypatch.setenv("CERP_KERNEL_CACHE", str(cache))
+  monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler") if compiler == "missing"
+                     else "/bin/false")  # a compiler that exits 1, with and without -march=native
+  monkeypatch.setattr(spmm, "_registered", None)  # as in a fresh process
   spmm.native_available.cache_clear()
+  _, graph = _graph()
+  h = jnp.ones((300, 2), jnp.float32)
   try:
-    assert not spmm.native_available()  # auto: a warning and BCSR
+    assert not spmm.native_available()  # auto: a warning, and BCSR
     assert "falls back to BCSR" in caplog.text
+    assert "cerp_csr_spmm" not in jax.jit(lambda g, x: spmm.csr_matmul(g, x)).lower(graph, h).as_text()
     monkeypatch.setenv("CERP_SPMM", "native")
-    spmm.native_available.cache_clear()
-    with pytest.raises(spmm.KernelBuildError, match="no-such-compiler"):
-      spmm.native_available()
-    assert not list((tmp_path / "cache").glob("*"))  # nothing half-written in the cache
+    with pytest.raises(spmm.KernelBuildError,
+                       match="no-such-compiler" if compiler == "missing" else "/bin/false failed"):
+      jax.jit(lambda g, x: spmm.csr_matmul(g, x)).lower(graph, h)
+    assert not list(cache.glob("*"))  # nothing half-written in the cache
   finally:
-    spmm.native_available.cache_clear()  # the next caller builds (or reuses) the real kernel
+    spmm.native_available.cache_clear()  # the next caller reuses the registered real kernel
