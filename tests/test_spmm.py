@@ -66,8 +66,8 @@ def test_more_threads_than_rows(monkeypatch):
 
 def test_an_inconsistent_indptr_is_an_error():
   _, graph = _graph()
-  bad = dict(graph, indptr=graph["indptr"].at[-1].add(-1))  # ends before E
-  with pytest.raises(Exception, match="indptr must run from 0 to E"):
+  bad = dict(graph, indptr=graph["indptr"].at[-1].add(1))  # ends past E
+  with pytest.raises(Exception, match="indptr must rise from 0 to at most E"):
     jax.block_until_ready(jax.jit(lambda g, x: spmm.csr_matmul(g, x))(bad, jnp.ones((300, 2))))
 
 
