@@ -25,6 +25,9 @@ def get_config(arg: str = ""):
       raise ValueError(f"unknown config argument {a!r}: expected 'paper' or nothing")
   c = gowalla_lightgcn.get_config("" if "paper" in args else "cpu")
   c.model.dim = 128
-  sweep_gowalla_mf.sweep_settings(c, budgets=(0.025, 0.05, 0.1), seeds=(3407, 3408))
+  # the lr grid is the recipe's own stage-2 lr (1e-2 for :cpu, 1e-3 for :paper): sweep_settings'
+  # default grid (1e-3) would silently replace it
+  sweep_gowalla_mf.sweep_settings(c, budgets=(0.025, 0.05, 0.1), seeds=(3407, 3408),
+                                  lrs=(c.retrain.lr,))
   c.sweep.extra_reference_dims = (64,)
   return c

@@ -43,6 +43,13 @@ def test_lightgcn_cpu_preset():
   from configs import sweep_gowalla_lightgcn  # pylint: disable=g-import-not-at-top
   assert sweep_gowalla_lightgcn.get_config("").retrain.lr_schedule == "cosine"
   assert sweep_gowalla_lightgcn.get_config("paper").retrain.lr_schedule == "constant"
+  # every sweep run trains with its recipe's own lr (run_config sets retrain.lr from the grid)
+  from cerp_jax import sweep as sweep_lib  # pylint: disable=g-import-not-at-top
+  for arg, recipe in (("", cpu), ("paper", paper)):
+    sc = sweep_gowalla_lightgcn.get_config(arg)
+    assert sc.sweep.lrs == (recipe.retrain.lr,)
+    setting = sweep_lib.plan(sc, 70_839)[0]
+    assert sweep_lib.run_config(sc, setting, 3407, sc.sweep.lrs[0]).retrain.lr == recipe.retrain.lr
 
 
 @pytest.mark.parametrize("module,arg,match", [
