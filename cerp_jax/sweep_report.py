@@ -198,6 +198,14 @@ def _ref_dim(row: dict, sweep_config) -> int:
   return row.get("dim") or sweep_config.reference_dim
 
 
+def bytes_label(x: float, _pos=None) -> str:
+  """Tick label of a byte count, decimal units: ``906739 → '907 KB'``, ``1813479 → '1.81 MB'``."""
+  for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+    if x >= scale:
+      return f"{x / scale:.3g} {unit}"
+  return f"{x:.0f} B"
+
+
 def plot_frontier(path: str, rows: Sequence[dict], config, pop: Optional[dict],
                   num_entities: int) -> None:
   """frontier.png: Recall@20 and NDCG@20 against packed bytes (log x), one line per method spec
@@ -207,6 +215,7 @@ def plot_frontier(path: str, rows: Sequence[dict], config, pop: Optional[dict],
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 
   fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
   for ax, (k, title) in zip(axes, (("recall@20", "Recall@20"), ("ndcg@20", "NDCG@20"))):
@@ -232,7 +241,11 @@ def plot_frontier(path: str, rows: Sequence[dict], config, pop: Optional[dict],
       ax.annotate(f"{f:.1%}", (f * full_bytes, 1.0), xycoords=("data", "axes fraction"),
                   xytext=(2, -10), textcoords="offset points", fontsize=7, color="grey")
     ax.set_xscale("log")
-    ax.set_xlabel("packed embedding bytes (log)")
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(bytes_label))
+    ax.xaxis.set_minor_formatter(ticker.FuncFormatter(  # 2, 3, 5 × 10^k only: no crowding
+        lambda x, pos: bytes_label(x) if f"{x:.0e}"[0] in "235" else ""))
+    ax.tick_params(axis="x", which="both", labelsize=7)
+    ax.set_xlabel("packed embedding bytes (log; KB, MB = 10³, 10⁶ bytes)")
     ax.set_ylabel(f"test {title}")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)

@@ -53,6 +53,14 @@ def test_labels():
   assert [R.label(m) for m in ("qr", "hash", "pep", "cerp")] == ["QR", "hashing", "PEP", "CERP"]
 
 
+def test_bytes_tick_labels():
+  assert R.bytes_label(906_739) == "907 KB"
+  assert R.bytes_label(1_813_479) == "1.81 MB"
+  assert R.bytes_label(36_269_584) == "36.3 MB"
+  assert R.bytes_label(2e9) == "2 GB"
+  assert R.bytes_label(512) == "512 B"
+
+
 def test_aggregate_picks_the_best_lr_and_averages_its_seeds(records):
   rows = R.aggregate(records, ["ndcg@20", "recall@20"])
   keys = [(r["method"], r["value_dtype"], r["budget_fraction"], r["reference"]) for r in rows]
