@@ -182,20 +182,18 @@ def _build(force: bool = False) -> str:
   key = hashlib.sha256(b"\0".join([source, jaxlib.__version__.encode(), cxx.encode(),
                                    " ".join(flags).encode(), _cpu_flags().encode(),
                                    platform.machine().encode()])).hexdigest()[:16]
-  out_dir = _cache_dir()
-  path = os.path.join(out_dir, f"csr_spmm-{key}.so")
-  if os.path.exists(path) and not force:
-    return path
-  try:
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
-  except OSError:  # a cache folder that cannot be written: the temporary folder
-    out_dir = os.path.join(tempfile.gettempdir(), "cerp_jax")
+  # the cache folder, else (not writable) the temporary folder
+  for out_dir in (_cache_dir(), os.path.join(tempfile.gettempdir(), "cerp_jax")):
     path = os.path.join(out_dir, f"csr_spmm-{key}.so")
     if os.path.exists(path) and not force:
       return path
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+    try:
+      os.makedirs(out_dir, exist_ok=True)
+      fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+      break
+    except OSError:
+      if out_dir != _cache_dir():
+        raise
   os.close(fd)
   try:
     proc = subprocess.run([cxx, *flags, _SOURCE, "-o", tmp], capture_output=True, text=True,

@@ -63,10 +63,6 @@ ffi::Error CsrSpmmImpl(ffi::Buffer<ffi::S32> indptr, ffi::Buffer<ffi::S32> indic
   const float* hp = h.typed_data();
   float* yp = y->typed_data();
   const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(num_threads, n));
-  if (threads == 1) {
-    SpmmRows(ip, ix, dv, hp, yp, d, 0, n);
-    return ffi::Error::Success();
-  }
   // Row ranges of equal non-zero counts: range t ends at the first row whose indptr passes t/T.
   std::vector<int64_t> bounds(threads + 1, n);
   bounds[0] = 0;
