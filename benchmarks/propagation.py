@@ -2,6 +2,7 @@
 
   python benchmarks/propagation.py                  # d = 64 and 128, every variant
   python benchmarks/propagation.py --dims=128 --variants=bcsr --reps=5
+  python benchmarks/propagation.py --variants=native --orders=rcm,none   # the node order's effect
 
 Times ``value_and_grad(sum(propagate(E) * W))`` (the layer-0 table's gradient through the mean of layers
 0..3, as a training step needs it) on Gowalla's training graph, median over ``--reps`` calls after a
@@ -18,8 +19,13 @@ forward, L backward: Â is symmetric, so the backward pass is the same product):
 A variant whose gathers reuse cached rows beats the gather model; one that materialises the [E, d]
 gathered products pays more than it.
 
-Variants: ``native`` (the project's: ``models.symmetric_spmm``, the C++ kernel of cerp_jax/spmm.py on
-the CPU, with the symmetric custom VJP; BCSR when it does not build or ``CERP_SPMM=bcsr``), ``bcsr``
+Each variant runs on the graph stored in each of ``--orders``: ``rcm`` (the project's locality order,
+cerp_jax/graph.py; the model moves vectors into it and back, and these two permutations are timed
+with the ``native`` variant, as a training step pays them) or ``none`` (node ids, users then items).
+
+Variants: ``native`` (the project's: ``models.LightGCN.propagate``, i.e. the C++ kernel of
+cerp_jax/spmm.py on the CPU with the symmetric custom VJP; BCSR when it does not build or
+``CERP_SPMM=bcsr``), ``bcsr``
 (jax.experimental.sparse.BCSR with the same VJP, the project's product before the kernel), ``segment`` (gather, scale, ``segment_sum`` over sorted rows, same VJP trick), ``bcsr_autodiff``
 (BCSR without the custom VJP).
 """
@@ -43,6 +49,7 @@ flags.DEFINE_list("variants", ["native", "bcsr", "segment", "bcsr_autodiff"],
                   "Propagation variants.")
 flags.DEFINE_integer("reps", 5, "Timed calls per (variant, d) after a warm-up call.")
 flags.DEFINE_integer("layers", 3, "LightGCN layers L.")
+flags.DEFINE_list("orders", ["rcm"], "Node orders of the stored graph: rcm (the project's), none.")
 
 
 def _variants(graph: dict, n: int):
@@ -65,7 +72,7 @@ def _variants(graph: dict, n: int):
 
   bcsr_sym = jax.custom_vjp(bcsr)
   bcsr_sym.defvjp(lambda h: (bcsr(h), None), lambda _, ct: (bcsr(ct),))
-  return {"native": lambda h: models.symmetric_spmm(graph, h),
+  return {"native": None,  # the model's own propagate (permutations included), see main
           "bcsr": bcsr_sym,
           "segment": seg_sym,
           "bcsr_autodiff": lambda h: spmm_lib.bcsr_matmul(graph, h)}
@@ -94,27 +101,34 @@ def main(argv):
   from configs import gowalla_lightgcn  # pylint: disable=g-import-not-at-top
   config = gowalla_lightgcn.get_config()
   data = cli.run_cli(data_lib.load_interactions, config)
+  from cerp_jax import models  # pylint: disable=g-import-not-at-top
   adj = graph_lib.normalized_adjacency(data.train)
-  graph = {k: jnp.asarray(v) for k, v in graph_lib.graph_arrays(adj).items()}
   n, e = adj.shape[0], adj.nnz
+  for o in FLAGS.orders:
+    if o not in ("rcm", "none"):
+      raise app.UsageError(f"--orders: {o!r} is not one of rcm, none")
+  graphs = {o: {k: jnp.asarray(v) for k, v in graph_lib.graph_arrays(adj, o == "rcm").items()}
+            for o in FLAGS.orders}
   m = timing.measure_machine()
   bw = m["memory_gbs"] * 1e9
   print(f"machine: {jax.devices()[0]}, memory {m['memory_gbs']:.1f} GB/s, fp32 matmul "
         f"{m['matmul_gflops']:.0f} GFLOP/s; graph N = {n:,}, E = {e:,}, L = {FLAGS.layers}")
-  fns = _variants(graph, n)
-  print("| variant | d | fwd + bwd (s) | gather model (s) | × model | floor (s) | × floor | "
+  print("| variant | order | d | fwd + bwd (s) | gather model (s) | × model | floor (s) | × floor | "
         "forward only (s) |")
-  print("|---|---|---|---|---|---|---|---|")
+  print("|---|---|---|---|---|---|---|---|---|")
   for d in (int(x) for x in FLAGS.dims):
     rng = np.random.default_rng(0)
     h0 = jnp.asarray(rng.standard_normal((n, d), dtype=np.float32))
     w = jnp.asarray(rng.standard_normal((n, d), dtype=np.float32))
     model = 2 * FLAGS.layers * (e * (4 * d + 8) + 2 * n * 4 * d) / bw
     floor = 2 * FLAGS.layers * (e * 8 + 2 * n * 4 * d) / bw
-    for name in FLAGS.variants:
-      spmm = fns[name]
+    for (order, graph), name in ((g, v) for g in graphs.items() for v in FLAGS.variants):
+      lgn = models.LightGCN(num_nodes=n, num_edges=e, num_layers=FLAGS.layers)
+      spmm = _variants(graph, n)[name]
 
-      def propagate(h, spmm=spmm):
+      def propagate(h, spmm=spmm, lgn=lgn, graph=graph):
+        if spmm is None:  # native: the model's propagate
+          return lgn.apply({"graph": graph}, h, method=models.LightGCN.propagate)
         out, x = h, h
         for _ in range(FLAGS.layers):
           x = spmm(x)
@@ -127,7 +141,7 @@ def main(argv):
       fwd = jax.jit(propagate)
       t = _time(fwd_bwd, h0, reps=FLAGS.reps)
       tf = _time(fwd, h0, reps=FLAGS.reps)
-      print(f"| {name} | {d} | {t:.3f} | {model:.3f} | {t / model:.2f} | {floor:.3f} | "
+      print(f"| {name} | {order} | {d} | {t:.3f} | {model:.3f} | {t / model:.2f} | {floor:.3f} | "
             f"{t / floor:.1f} | {tf:.3f} |", flush=True)
 
 

@@ -4,12 +4,19 @@ A is built from the **training** interactions only (never validation or test), h
 and is symmetric: user u ↔ item entity U + i for every training pair. Degrees count both
 directions, so Â[u, U+i] = 1 / sqrt(deg(u)·deg(i)); isolated nodes get degree 0 and an all-zero row
 (as in LightGCN-PyTorch, which sets their D^-1/2 to 0).
+
+The device-side graph is stored in a **locality order** of its nodes (reverse Cuthill–McKee), so
+that the rows one output row gathers sit near each other and near the previous row's: on Gowalla's
+graph (d = 128, one core) the three products of a propagation run 1.2–1.3× faster than in the id
+order (users, then items). :class:`cerp_jax.models.LightGCN` moves vectors into that order and
+back, so callers see entity order only.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import scipy.sparse.csgraph as csgraph
 
 
 def normalized_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
@@ -33,13 +40,25 @@ def normalized_adjacency(train: sp.csr_matrix) -> sp.csr_matrix:
   return out
 
 
-def graph_arrays(adj: sp.csr_matrix) -> dict:
-  """The device-side form of ``adj`` (``[N, N]`` CSR with E entries).
+def locality_order(adj: sp.csr_matrix) -> np.ndarray:
+  """``[N] int32`` node order for cache locality: reverse Cuthill–McKee of the symmetric ``adj``
+  (scipy; deterministic for a given matrix; milliseconds on Gowalla)."""
+  return csgraph.reverse_cuthill_mckee(adj.tocsr(), symmetric_mode=True).astype(np.int32)
+
+
+def graph_arrays(adj: sp.csr_matrix, reorder: bool = True) -> dict:
+  """The device-side form of ``adj`` (``[N, N]`` symmetric CSR with E entries), in node order ``perm``.
+
+  Args:
+    adj: from :func:`normalized_adjacency`.
+    reorder: store the nodes in :func:`locality_order` (the default); False keeps the id order
+      (``perm`` is the identity).
 
   Returns:
-    CSR arrays ``data [E] float32``, ``indices [E] int32``, ``indptr [N+1] int32``, plus the COO
-    row ids ``rows [E] int32``: no propagation uses them, but LightGCN's ``'graph'`` variable
-    collection (:class:`cerp_jax.models.LightGCN`) declares them.
+    CSR arrays of ``adj[perm][:, perm]``: ``data [E] float32``, ``indices [E] int32``,
+    ``indptr [N+1] int32``; the COO row ids ``rows [E] int32`` (no propagation uses them, but
+    LightGCN's ``'graph'`` variable collection declares them); ``perm [N] int32`` (position k holds
+    node ``perm[k]``) and its inverse ``inv [N] int32`` (node n sits at position ``inv[n]``).
 
   Raises:
     ValueError: E ≥ 2³¹ (int32 indices would wrap).
@@ -47,6 +66,12 @@ def graph_arrays(adj: sp.csr_matrix) -> dict:
   if adj.nnz > np.iinfo(np.int32).max:
     raise ValueError(f"the normalised adjacency has {adj.nnz:,} non-zeros: more than int32 indices "
                      "address (2,147,483,647)")
-  rows = np.repeat(np.arange(adj.shape[0], dtype=np.int32), np.diff(adj.indptr))
-  return {"data": adj.data.astype(np.float32), "indices": adj.indices.astype(np.int32),
-          "indptr": adj.indptr.astype(np.int32), "rows": rows}
+  n = adj.shape[0]
+  perm = locality_order(adj) if reorder else np.arange(n, dtype=np.int32)
+  inv = np.empty(n, np.int32)
+  inv[perm] = np.arange(n, dtype=np.int32)
+  a = adj.tocsr()[perm][:, perm].tocsr()
+  a.sort_indices()
+  rows = np.repeat(np.arange(n, dtype=np.int32), np.diff(a.indptr))
+  return {"data": a.data.astype(np.float32), "indices": a.indices.astype(np.int32),
+          "indptr": a.indptr.astype(np.int32), "rows": rows, "perm": perm, "inv": inv}

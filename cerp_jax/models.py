@@ -146,12 +146,33 @@ def _spmm_bwd(graph, ct):
 symmetric_spmm.defvjp(_spmm_fwd, _spmm_bwd)
 
 
+@jax.custom_vjp
+def permute_rows(h: jax.Array, perm: jax.Array, inv: jax.Array) -> jax.Array:
+  """``h[perm]`` for a permutation ``perm [N] int32`` with inverse ``inv`` (:func:`cerp_jax.spmm.permute_rows`);
+  its VJP is the same kind of permutation, ``ct[inv]`` (autodiff's would be a scatter-add). ``perm``
+  and ``inv`` get no gradient."""
+  return spmm_lib.permute_rows(h, perm)
+
+
+def _permute_fwd(h, perm, inv):
+  return spmm_lib.permute_rows(h, perm), (perm, inv)
+
+
+def _permute_bwd(res, ct):
+  perm, inv = res
+  return spmm_lib.permute_rows(ct, inv), jnp.zeros_like(perm), jnp.zeros_like(inv)
+
+
+permute_rows.defvjp(_permute_fwd, _permute_bwd)
+
+
 class LightGCN(nn.Module):
   """LightGCN (He et al., SIGIR 2020): ``mean(E⁰, ÂE⁰, …, Â^L E⁰)``, score = dot product.
 
   The normalised adjacency Â (:mod:`cerp_jax.graph`, training interactions only) is not a parameter: it
-  lives in the ``'graph'`` variable collection (arrays ``data``, ``indices``, ``indptr``, ``rows``), so
-  the jitted step takes it as an argument. At ``init`` the collection holds zeros of the right shapes;
+  lives in the ``'graph'`` variable collection (arrays ``data``, ``indices``, ``indptr``, ``rows`` of
+  Â in the graph's locality order, and that order's ``perm``, ``inv``), so the jitted step takes it
+  as an argument. At ``init`` the collection holds zeros of the right shapes;
   the caller puts the real graph in (:func:`model_consts`).
 
   Attributes:
@@ -172,16 +193,21 @@ class LightGCN(nn.Module):
         "data": self.variable("graph", "data", jnp.zeros, (e,), jnp.float32),
         "indices": self.variable("graph", "indices", jnp.zeros, (e,), jnp.int32),
         "indptr": self.variable("graph", "indptr", jnp.zeros, (n + 1,), jnp.int32),
-        "rows": self.variable("graph", "rows", jnp.zeros, (e,), jnp.int32)}
+        "rows": self.variable("graph", "rows", jnp.zeros, (e,), jnp.int32),
+        "perm": self.variable("graph", "perm", jnp.zeros, (n,), jnp.int32),
+        "inv": self.variable("graph", "inv", jnp.zeros, (n,), jnp.int32)}
 
   def propagate(self, vecs: jax.Array) -> jax.Array:
-    """``[N, d]`` layer-0 vectors → ``[N, d]`` mean over layers 0..L."""
+    """``[N, d]`` layer-0 vectors → ``[N, d]`` mean over layers 0..L, both in entity order (the
+    products run in the graph's node order, :func:`cerp_jax.graph.graph_arrays`)."""
     graph = {k: v.value for k, v in self.graph.items()}
-    out, h = vecs, vecs
+    csr = {k: graph[k] for k in ("data", "indices", "indptr")}
+    h = permute_rows(vecs, graph["perm"], graph["inv"])
+    out = h
     for _ in range(self.num_layers):
-      h = symmetric_spmm(graph, h)
+      h = symmetric_spmm(csr, h)
       out = out + h
-    return out / (self.num_layers + 1)
+    return permute_rows(out, graph["inv"], graph["perm"]) / (self.num_layers + 1)
 
   def __call__(self, user_vecs, item_vecs, train: bool = False, mask=None):
     del train, mask

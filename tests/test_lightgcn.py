@@ -60,6 +60,53 @@ def test_propagation_and_gradient_equal_dense():
   np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
 
 
+def _random_train(users=40, items=60, seed=0):
+  r = sp.random(users, items, density=0.08, random_state=seed, format="csr", dtype=np.float32)
+  r.data[:] = 1.0
+  return r
+
+
+def test_graph_arrays_store_adj_in_locality_order():
+  adj = graph.normalized_adjacency(_random_train())
+  n = adj.shape[0]
+  g = graph.graph_arrays(adj)
+  perm, inv = g["perm"], g["inv"]
+  assert perm.dtype == inv.dtype == np.int32
+  np.testing.assert_array_equal(np.sort(perm), np.arange(n))  # a permutation …
+  np.testing.assert_array_equal(inv[perm], np.arange(n))      # … and its inverse
+  assert not np.array_equal(perm, np.arange(n))  # the locality order is not the id order here
+  stored = sp.csr_matrix((g["data"], g["indices"], g["indptr"]), shape=(n, n))
+  np.testing.assert_array_equal(stored.toarray(), adj.toarray()[perm][:, perm])
+  np.testing.assert_array_equal(g["rows"], np.repeat(np.arange(n), np.diff(g["indptr"])))
+  ids = graph.graph_arrays(adj, reorder=False)
+  np.testing.assert_array_equal(ids["perm"], np.arange(n))
+  np.testing.assert_array_equal(ids["indices"], adj.indices)
+
+
+def test_locality_order_shortens_the_bandwidth():
+  # what the order is for: non-zeros near the diagonal (rows gather rows stored near each other)
+  adj = graph.normalized_adjacency(_random_train(200, 300, seed=1)).tocoo()
+  perm = graph.locality_order(adj.tocsr())
+  inv = np.empty_like(perm)
+  inv[perm] = np.arange(perm.size)
+  assert np.abs(inv[adj.row] - inv[adj.col]).max() < np.abs(adj.row - adj.col).max()
+
+
+def test_propagation_in_locality_order_equals_dense():
+  adj = graph.normalized_adjacency(_random_train())
+  n = adj.shape[0]
+  g = {k: jnp.asarray(v) for k, v in graph.graph_arrays(adj).items()}
+  x = jax.random.normal(jax.random.key(0), (n, 8))
+  w = jax.random.normal(jax.random.key(1), (n, 8))
+  lgn = models.LightGCN(num_nodes=n, num_edges=adj.nnz, num_layers=3)
+  prop = jax.jit(lambda x: lgn.apply({"graph": g}, x, method=models.LightGCN.propagate))
+  dense = jnp.asarray(adj.toarray())
+  np.testing.assert_allclose(prop(x), _dense_propagation(dense, x, 3), rtol=1e-5, atol=1e-6)
+  g1 = jax.jit(jax.grad(lambda x: jnp.sum(prop(x) * w)))(x)
+  g2 = jax.grad(lambda x: jnp.sum(_dense_propagation(dense, x, 3) * w))(x)
+  np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-6)
+
+
 def _lgn_config(test_config):
   test_config.model.backbone = "lightgcn"
   test_config.model.threshold_init = -2.0
