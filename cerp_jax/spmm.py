@@ -8,6 +8,8 @@ Two implementations of the same product, picked per platform at lowering time:
   the cores this process may run on. On Gowalla's graph the propagation's forward + backward is
   1.3–3.4× faster than BCSR on the CPU (docs/results/gowalla_lightgcn.md, "a native CPU kernel").
   Each row is summed in CSR order by one thread, so the result does not depend on the thread count.
+  The same kernel permutes rows (:func:`permute_rows`), for the graph's locality order
+  (:mod:`cerp_jax.graph`).
 
 The kernel is compiled on first use with the system's C++ compiler (``$CXX``, else ``g++`` or
 ``c++``) against the XLA FFI headers that ship with jaxlib, into a cache folder
