@@ -21,7 +21,8 @@ gathered products pays more than it.
 
 Each variant runs on the graph stored in each of ``--orders``: ``rcm`` (the project's locality order,
 cerp_jax/graph.py; the model moves vectors into it and back, and these two permutations are timed
-with the ``native`` variant, as a training step pays them) or ``none`` (node ids, users then items).
+with the ``native`` variant, as a training step pays them) or ``none`` (node ids, users then items,
+and no permutation: the product as it ran before the order was introduced).
 
 Variants: ``native`` (the project's: ``models.LightGCN.propagate``, i.e. the C++ kernel of
 cerp_jax/spmm.py on the CPU with the symmetric custom VJP; BCSR when it does not build or
@@ -72,7 +73,8 @@ def _variants(graph: dict, n: int):
 
   bcsr_sym = jax.custom_vjp(bcsr)
   bcsr_sym.defvjp(lambda h: (bcsr(h), None), lambda _, ct: (bcsr(ct),))
-  return {"native": None,  # the model's own propagate (permutations included), see main
+  # native: in the rcm order the model's own propagate (permutations included), see main
+  return {"native": lambda h: models.symmetric_spmm(graph, h),
           "bcsr": bcsr_sym,
           "segment": seg_sym,
           "bcsr_autodiff": lambda h: spmm_lib.bcsr_matmul(graph, h)}
@@ -125,9 +127,10 @@ def main(argv):
     for (order, graph), name in ((g, v) for g in graphs.items() for v in FLAGS.variants):
       lgn = models.LightGCN(num_nodes=n, num_edges=e, num_layers=FLAGS.layers)
       spmm = _variants(graph, n)[name]
+      model_propagate = name == "native" and order == "rcm"
 
-      def propagate(h, spmm=spmm, lgn=lgn, graph=graph):
-        if spmm is None:  # native: the model's propagate
+      def propagate(h, spmm=spmm, lgn=lgn, graph=graph, model_propagate=model_propagate):
+        if model_propagate:
           return lgn.apply({"graph": graph}, h, method=models.LightGCN.propagate)
         out, x = h, h
         for _ in range(FLAGS.layers):

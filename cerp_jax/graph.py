@@ -7,8 +7,8 @@ directions, so Â[u, U+i] = 1 / sqrt(deg(u)·deg(i)); isolated nodes get degree 
 
 The device-side graph is stored in a **locality order** of its nodes (reverse Cuthill–McKee), so
 that the rows one output row gathers sit near each other and near the previous row's: on Gowalla's
-graph a propagation's forward + backward runs 10–13 % faster at d = 64 / 128 than in the id order
-(users, then items), the two permutations included (docs/results/gowalla_lightgcn.md). :class:`cerp_jax.models.LightGCN` moves vectors into that order and
+graph a LightGCN training step at d = 128 runs ≈ 8 % faster than in the id order (users, then
+items), the two permutations included (docs/results/gowalla_lightgcn.md). :class:`cerp_jax.models.LightGCN` moves vectors into that order and
 back, so callers see entity order only.
 """
 

@@ -148,8 +148,8 @@ symmetric_spmm.defvjp(_spmm_fwd, _spmm_bwd)
 
 @jax.custom_vjp
 def permute_rows(h: jax.Array, perm: jax.Array, inv: jax.Array) -> jax.Array:
-  """``h[perm]`` for a permutation ``perm [N] int32`` with inverse ``inv`` (:func:`cerp_jax.spmm.permute_rows`);
-  its VJP is the same kind of permutation, ``ct[inv]`` (autodiff's would be a scatter-add). ``perm``
+  """``h[perm]`` for a permutation ``perm [N] int32`` with inverse ``inv`` (:func:`cerp_jax.spmm.permute_rows`:
+  equal values, no rounding); its VJP is the same kind of permutation, ``ct[inv]`` (autodiff's would be a scatter-add). ``perm``
   and ``inv`` get no gradient."""
   return spmm_lib.permute_rows(h, perm)
 

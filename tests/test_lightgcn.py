@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from cerp_jax import data as D
@@ -92,7 +93,9 @@ def test_locality_order_shortens_the_bandwidth():
   assert np.abs(inv[adj.row] - inv[adj.col]).max() < np.abs(adj.row - adj.col).max()
 
 
-def test_propagation_in_locality_order_equals_dense():
+@pytest.mark.parametrize("mode", ["native", "bcsr"])
+def test_propagation_in_locality_order_equals_dense(mode, monkeypatch):
+  monkeypatch.setenv("CERP_SPMM", mode)  # read at trace time: the kernel, or BCSR and XLA's gather
   adj = graph.normalized_adjacency(_random_train())
   n = adj.shape[0]
   g = {k: jnp.asarray(v) for k, v in graph.graph_arrays(adj).items()}
@@ -100,6 +103,8 @@ def test_propagation_in_locality_order_equals_dense():
   w = jax.random.normal(jax.random.key(1), (n, 8))
   lgn = models.LightGCN(num_nodes=n, num_edges=adj.nnz, num_layers=3)
   prop = jax.jit(lambda x: lgn.apply({"graph": g}, x, method=models.LightGCN.propagate))
+  # native: 3 products and the 2 permutations in the kernel; bcsr: none of them
+  assert prop.lower(x).as_text().count("@cerp_csr_spmm(") == (5 if mode == "native" else 0)
   dense = jnp.asarray(adj.toarray())
   np.testing.assert_allclose(prop(x), _dense_propagation(dense, x, 3), rtol=1e-5, atol=1e-6)
   g1 = jax.jit(jax.grad(lambda x: jnp.sum(prop(x) * w)))(x)
