@@ -123,7 +123,8 @@ def permute_rows(h: jax.Array, perm: jax.Array) -> jax.Array:
           "data": jnp.ones((n,), jnp.float32)}
   if not _use_native(unit, h):
     return h[perm]
-  return jax.lax.platform_dependent(unit, h, cpu=_native_matmul(), default=lambda g, x: x[g["indices"]])
+  return jax.lax.platform_dependent(unit, h, cpu=_native_matmul(),
+                                    default=lambda g, x: x[g["indices"]])
 
 
 def _use_native(graph: dict, h: jax.Array) -> bool:
