@@ -3,6 +3,7 @@
   python sweep.py --config=configs/sweep_gowalla_mf.py --workdir=runs/sweep_gowalla_mf
   python sweep.py --config=configs/sweep_gowalla_mf.py --solve_only   # settings per method × budget
   python sweep.py --config=configs/sweep_gowalla_mf.py --workdir=DIR --report_only  # finished runs
+  python sweep.py --config=… --workdir=NEW --import_records=OLD/records.jsonl   # continue elsewhere
 
 Rerunning the same command skips finished runs and resumes unfinished ones (cerp_jax/sweep.py).
 """
@@ -23,6 +24,8 @@ flags.DEFINE_string("workdir", None, "Directory of the sweep (one subfolder per 
 flags.DEFINE_bool("solve_only", False, "Only solve the budgets and print the settings.")
 flags.DEFINE_bool("report_only", False, "Train nothing: write results.csv/.md and frontier.png from "
                   "the runs finished so far.")
+flags.DEFINE_string("import_records", None, "records.jsonl of an earlier workdir of this sweep (e.g. "
+                    "docs/results/…_runs.jsonl): its runs count as finished here and are reported.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -34,7 +37,7 @@ def main(argv):
   cli.setup()
   logging.info("local devices: %s", jax.local_devices())
   cli.run_cli(sweep_lib.run_sweep, FLAGS.config, FLAGS.workdir, solve_only=FLAGS.solve_only,
-               report_only=FLAGS.report_only)
+               report_only=FLAGS.report_only, import_from=FLAGS.import_records)
 
 
 if __name__ == "__main__":

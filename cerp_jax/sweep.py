@@ -31,8 +31,12 @@ This module runs the sweep and keeps the shared stage-1 bookkeeping; the tables 
   runs/<method>_stage1_…/     a shared stage 1 (:func:`run_shared_stage1`)
   most_popular.json           test metrics of the most-popular ranking (a floor)
   runs.csv, results.csv, results.md, frontier.png    :func:`cerp_jax.sweep_report.write_results`
+  records.jsonl               every finished run's record and config, one per line
+                              (:func:`export_records`)
 
 Rerunning the same command skips finished runs and resumes unfinished ones from their checkpoints.
+A sweep also continues in a new workdir (another machine, a lost one) from a ``records.jsonl`` kept
+from an earlier one (``import_records``): the runs it holds count as finished and are reported.
 """
 
 from __future__ import annotations
@@ -426,7 +430,15 @@ def reference_record(config, reference: budget_lib.Setting, seed: int, lr: float
                      f"{reference.overrides['model.dim']}, seed {seed}, lr {lr:g}) {why} in "
                      f"{os.path.join(workdir, 'runs')}; set config.sweep.reference = True (the "
                      "sweep then trains it first) or run it there")
+  if rec.get("imported_from") and _holds_only_record(os.path.join(workdir, "runs", ref)):
+    raise ValueError(f"{name}: its reference run {ref} was imported from {rec['imported_from']}, "
+                     "which holds its metrics but not its trained table; remove "
+                     f"{os.path.join(workdir, 'runs', ref)} to train it here, then rerun")
   return rec
+
+
+def _holds_only_record(rdir: str) -> bool:
+  return set(os.listdir(rdir)) <= {"config.json", "sweep_run.json"}
 
 
 def run_magnitude(config, setting: budget_lib.Setting, reference: budget_lib.Setting, seed: int,
@@ -500,6 +512,114 @@ def _magnitude_record(config, setting: budget_lib.Setting, seed: int, lr: float,
 
 
 # --------------------------------------------------------------------------------------------------
+# Records: a sweep that outlives its workdir
+# --------------------------------------------------------------------------------------------------
+
+RECORDS_FILE = "records.jsonl"
+_RECORD_FIELDS = ("name", "setting", "status", "config")
+
+
+def export_records(workdir: str, names: Sequence[str]) -> str:
+  """Writes ``workdir/records.jsonl``: for each finished run of ``names``, one line holding its
+  ``sweep_run.json`` record plus ``config`` (its ``config.json``). A few KB with no tables: kept
+  beside the results (docs/results/), it lets :func:`import_records` continue the sweep elsewhere.
+
+  Returns:
+    the file's path (written atomically).
+  """
+  lines = []
+  for name in names:
+    rdir = os.path.join(workdir, "runs", name)
+    rec = workdir_lib.read_json(os.path.join(rdir, "sweep_run.json"))
+    rec["config"] = workdir_lib.read_json(workdir_lib.config_path(rdir))
+    lines.append(json.dumps(rec, sort_keys=True, ensure_ascii=False))
+  path = os.path.join(workdir, RECORDS_FILE)
+  tmp = f"{path}.{os.getpid()}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write("".join(line + "\n" for line in lines))
+  os.replace(tmp, path)
+  return path
+
+
+def _read_records(path: str) -> list[tuple[str, dict]]:
+  """``(where, record)`` per non-blank line of a records file (``where`` = ``path:line``).
+
+  Raises:
+    ValueError: a missing file, or a line that is not a JSON object with the record's fields.
+  """
+  try:
+    with open(path, encoding="utf-8") as f:
+      text = f.read()
+  except OSError as e:
+    raise ValueError(f"--import_records={path}: cannot read it ({e.strerror})") from e
+  out = []
+  for i, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    where = f"{path}:{i}"
+    try:
+      rec = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{where}: not a JSON record ({e.msg}, column {e.colno})") from e
+    missing = [k for k in _RECORD_FIELDS if not isinstance(rec, dict) or k not in rec]
+    if missing:
+      raise ValueError(f"{where}: not a sweep run record (no {', '.join(missing)}; expected a line "
+                       f"of a sweep's {RECORDS_FILE})")
+    out.append((where, rec))
+  return out
+
+
+def import_records(path: str, config, jobs, workdir: str) -> list[str]:
+  """Marks the runs of ``jobs`` that the records file ``path`` (:func:`export_records`) holds as
+  finished in ``workdir``: they are not trained again and are reported with their recorded metrics.
+
+  Each planned run found in the file gets ``runs/<name>/config.json`` and ``sweep_run.json`` (the
+  record, plus ``imported_from = 'path:line'``), unless it finished in ``workdir`` already (its own
+  record wins). Records of runs outside the plan (other methods, budgets, seeds) are skipped. Every
+  line is checked before anything is written.
+
+  Args:
+    path: a records file.
+    config: the sweep config; jobs: the planned ``(setting, seed, lr)`` triples.
+    workdir: the sweep's directory.
+
+  Returns:
+    the names of the runs imported.
+
+  Raises:
+    ValueError: ``path:line``: not a record, or a planned run recorded with other settings or
+      another config (the differing fields named); a run folder here holding another config.
+  """
+  planned = {run_name(s, seed, lr): (s, seed, lr) for s, seed, lr in jobs}
+  todo = []
+  for where, rec in _read_records(path):
+    if rec["name"] not in planned:
+      continue
+    s, seed, lr = planned[rec["name"]]
+    want = s.to_dict()["overrides"]
+    if (rec["setting"] or {}).get("overrides") != want:
+      raise ValueError(f"{where}: run {rec['name']} was recorded with settings "
+                       f"{(rec['setting'] or {}).get('overrides')}, the plan has {want}")
+    diff = workdir_lib.config_diff(rec["config"], run_config(config, s, seed, lr))
+    if diff:
+      raise ValueError(f"{where}: run {rec['name']} was trained with another config ({diff})")
+    todo.append((where, rec))
+  imported = []
+  for where, rec in todo:
+    s, seed, lr = planned[rec["name"]]
+    rdir = os.path.join(workdir, "runs", rec["name"])
+    if os.path.exists(os.path.join(rdir, "sweep_run.json")):
+      continue
+    os.makedirs(rdir, exist_ok=True)
+    workdir_lib.check_config(run_config(config, s, seed, lr), rdir)
+    rec = {k: v for k, v in rec.items() if k != "config"}
+    workdir_lib.write_json(os.path.join(rdir, "sweep_run.json"), {**rec, "imported_from": where})
+    imported.append(rec["name"])
+  logging.info("sweep: %d finished runs imported from %s: %s", len(imported), path, imported)
+  return imported
+
+
+# --------------------------------------------------------------------------------------------------
 # The most-popular floor
 # --------------------------------------------------------------------------------------------------
 
@@ -524,7 +644,7 @@ def most_popular(config, data: data_lib.Interactions, workdir: str) -> dict:
 
 
 def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
-              report_only: bool = False) -> dict:
+              report_only: bool = False, import_from: Optional[str] = None) -> dict:
   """Solves the budgets, runs every (method, budget, seed, lr) not finished yet, writes the results.
 
   Args:
@@ -533,6 +653,8 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
     solve_only: only solve and print the settings (and write ``plan.json``/``plan.md`` if workdir).
     report_only: train nothing; write the outputs from the runs finished so far (the others are
       '–' in the tables and missing from the plot), e.g. while the sweep is still running elsewhere.
+    import_from: a ``records.jsonl`` of an earlier workdir: its planned runs count as finished
+      (:func:`import_records`), before anything runs.
 
   Returns:
     ``{'plan': [settings], 'records': [...], 'rows': [...], 'most_popular': {...}}``.
@@ -564,6 +686,8 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
   ordered = sorted(settings, key=lambda st: st.method == "magnitude")
   jobs = [(s, seed, lr) for s in ordered for seed in sc.seeds for lr in sc.lrs]
   reference = budget_lib.reference_setting(data.num_entities, sc.reference_dim)
+  if import_from:
+    import_records(import_from, config, jobs, workdir)
   group_of = {i: g for g in shared_stage1_groups(settings) for i in g}
   shared: dict = {}  # (first index of the group, seed) → shared stage-1 folder
   records = []
@@ -596,6 +720,7 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
     raise ValueError(f"{workdir}: no finished run to report yet")
   pop = most_popular(config, data, workdir)
   rows, md = sweep_report.write_results(workdir, records, config, data.num_entities, pop)
+  export_records(workdir, [r["name"] for r in records])
   outside = [r["name"] for r in records if r["status"] == "ok" and not r["within_window"]]
   if outside:
     logging.warning("sweep: packed bytes OUTSIDE the budget window for %s", outside)

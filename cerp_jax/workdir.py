@@ -193,6 +193,14 @@ def _config_diff(stored: dict, current: dict, selected) -> str:
   return ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in diff[:8])
 
 
+def config_diff(stored: dict, config: ml_collections.ConfigDict) -> str:
+  """``'a.b: old → new, …'`` over the fields a resumed run must keep (all but the resume-ignored
+  ones: stage, devices, eval-time packing …) between a stored ``config.json`` and ``config``;
+  ``''`` when they match."""
+  current = json.loads(config.to_json_best_effort())
+  return _config_diff(stored, current, lambda g: g not in _RESUME_IGNORED)
+
+
 def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
   """Writes ``config.json`` in a new workdir; refuses an existing one written by another config.
 
@@ -200,14 +208,13 @@ def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     ValueError: naming the differing fields (``retrain.max_epochs: 300 → 20``).
   """
   path = config_path(workdir)
-  current = json.loads(config.to_json_best_effort())
   if os.path.exists(path):
-    shown = _config_diff(read_json(path), current, lambda g: g not in _RESUME_IGNORED)
+    shown = config_diff(read_json(path), config)
     if shown:
       raise ValueError(f"{workdir} holds a run with a different config ({shown}); use a new "
                        "--workdir or the same config")
   elif shard_lib.is_primary():
-    write_json(path, current)
+    write_json(path, json.loads(config.to_json_best_effort()))
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:

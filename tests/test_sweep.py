@@ -347,3 +347,112 @@ def test_extra_reference_dims_train_more_references(swept, sweep_config):
   assert len([r for r in rows if r["reference"] == "True"]) == 2
   md = open(os.path.join(workdir, "results.md")).read()
   assert "Full table d=16 (reference" in md and "Full table d=32 (reference" in md
+
+
+def _records(workdir, config=None):
+  """records.jsonl of ``workdir``; with ``config``, first rewritten for that config's runs (tests
+  before may have run other configs in the shared workdir)."""
+  if config is not None:
+    S.run_sweep(config, workdir, report_only=True)
+  with open(os.path.join(workdir, S.RECORDS_FILE), encoding="utf-8") as f:
+    return [json.loads(line) for line in f]
+
+
+def _write_records(path, recs):
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("".join(json.dumps(r) + "\n" for r in recs))
+  return str(path)
+
+
+def _no_training(monkeypatch):
+  def boom(*a, **kw):
+    raise AssertionError("an imported run was trained or evaluated")
+  monkeypatch.setattr(train_lib, "train_and_evaluate", boom)
+  monkeypatch.setattr(finalize, "evaluate_workdir", boom)
+  monkeypatch.setattr(magnitude_lib, "prune_workdir", boom)
+
+
+def test_records_continue_the_sweep_in_a_new_workdir(swept, sweep_config, monkeypatch, tmp_path):
+  workdir, out = swept
+  recs = _records(workdir, sweep_config)
+  assert sorted(r["name"] for r in recs) == sorted(r["name"] for r in out["records"])
+  assert all(r["config"] == json.load(open(os.path.join(workdir, "runs", r["name"], "config.json")))
+             for r in recs)
+  path = _write_records(tmp_path / "kept.jsonl", recs)
+  _no_training(monkeypatch)
+  new = str(tmp_path / "new")
+  res = S.run_sweep(sweep_config, new, import_from=path)  # every run finished: nothing trains
+  assert len(res["records"]) == len(recs)
+  assert all(r["imported_from"].startswith(path + ":") for r in res["records"])
+  assert open(os.path.join(new, "results.csv")).read() == \
+      open(os.path.join(workdir, "results.csv")).read()
+  # its own records.jsonl carries them on (with where they came from)
+  assert {r["name"] for r in _records(new)} == {r["name"] for r in recs}
+  assert all(r["imported_from"].startswith(path + ":") for r in _records(new))
+
+
+def test_records_import_only_planned_runs_and_the_rest_trains(swept, sweep_config, monkeypatch,
+                                                              tmp_path):
+  workdir, _ = swept
+  recs = _records(workdir, sweep_config)
+  qr = next(r for r in recs if r["method"] == "qr")
+  path = _write_records(tmp_path / "kept.jsonl", [r for r in recs if r is not qr])
+  trained = []
+
+  def stop(config, wd):
+    trained.append(os.path.basename(wd))
+    raise KeyboardInterrupt  # the first run that would train
+
+  monkeypatch.setattr(train_lib, "train_and_evaluate", stop)
+  with pytest.raises(KeyboardInterrupt):
+    S.run_sweep(sweep_config, str(tmp_path / "new"), import_from=path)
+  assert trained == [qr["name"]]
+  c = sweep_config.copy_and_resolve_references()
+  c.sweep.methods = ("full",)  # records of methods outside the plan are skipped
+  _no_training(monkeypatch)
+  res = S.run_sweep(c, str(tmp_path / "full_only"), import_from=path)
+  assert {r["method"] for r in res["records"]} == {"full"}
+
+
+def test_records_with_other_settings_or_config_refused_before_anything_is_written(
+    swept, sweep_config, tmp_path):
+  workdir, _ = swept
+  recs = _records(workdir, sweep_config)
+  new = tmp_path / "new"
+  changed = [dict(r) for r in recs]
+  changed[1] = {**changed[1], "config": {**changed[1]["config"],
+                                         "retrain": {**changed[1]["config"]["retrain"],
+                                                     "max_epochs": 999}}}
+  path = _write_records(tmp_path / "a.jsonl", changed)
+  with pytest.raises(ValueError, match=rf"a.jsonl:2: run {changed[1]['name']} was trained with "
+                     r"another config \(retrain.max_epochs: 999 → 8\)"):
+    S.run_sweep(sweep_config, str(new), import_from=path)
+  assert not os.path.exists(new / "runs")  # the good first line was not imported either
+  changed = [dict(r) for r in recs]
+  changed[0] = {**changed[0], "setting": {**changed[0]["setting"], "overrides": {"model.dim": 1}}}
+  path = _write_records(tmp_path / "b.jsonl", changed)
+  with pytest.raises(ValueError, match=rf"b.jsonl:1: run {recs[0]['name']} was recorded with "
+                     "settings"):
+    S.run_sweep(sweep_config, str(new), import_from=path)
+  bad = tmp_path / "c.jsonl"
+  bad.write_text(json.dumps(recs[0]) + "\n\n{not json\n")
+  with pytest.raises(ValueError, match=r"c.jsonl:3: not a JSON record"):
+    S.run_sweep(sweep_config, str(new), import_from=str(bad))
+  bad.write_text(json.dumps({"name": recs[0]["name"]}) + "\n")
+  with pytest.raises(ValueError, match=r"c.jsonl:1: not a sweep run record \(no setting, status, "
+                     "config"):
+    S.run_sweep(sweep_config, str(new), import_from=str(bad))
+  with pytest.raises(ValueError, match=r"--import_records=.*missing.jsonl: cannot read it"):
+    S.run_sweep(sweep_config, str(new), import_from=str(tmp_path / "missing.jsonl"))
+  assert not os.path.exists(new / "runs")
+
+
+def test_magnitude_of_an_imported_reference_is_a_clear_error(swept, sweep_config, monkeypatch,
+                                                             tmp_path):
+  workdir, _ = swept
+  recs = [r for r in _records(workdir, sweep_config) if r["method"] != "magnitude"]
+  path = _write_records(tmp_path / "kept.jsonl", recs)
+  _no_training(monkeypatch)
+  with pytest.raises(ValueError, match=r"its reference run full_reference_seed0_lr0.01 was imported "
+                     r"from .*kept.jsonl:\d+, which holds its metrics but not its trained table"):
+    S.run_sweep(sweep_config, str(tmp_path / "new"), import_from=path)
