@@ -304,16 +304,24 @@ def finished_record(config, setting: budget_lib.Setting, seed: int, lr: float,
   if not os.path.exists(path):
     return None
   rec = workdir_lib.read_json(path)
-  want = setting.to_dict()["overrides"]
-  if rec["setting"]["overrides"] != want:
-    raise ValueError(f"{rdir} holds a finished run with settings {rec['setting']['overrides']}, "
-                     f"not {want}; remove it or use another --workdir")
-  grid = list(magnitude_grid(config))
-  if setting.method == "magnitude" and rec.get("min_per_row_grid") != grid:
-    raise ValueError(f"{rdir} holds a finished magnitude run that chose m among "
-                     f"{rec.get('min_per_row_grid')}, not {grid}; remove it or use another --workdir")
+  why = _record_mismatch(config, setting, rec)
+  if why:
+    raise ValueError(f"{rdir} holds a finished run with {why}; remove it or use another --workdir")
   workdir_lib.check_config(run_config(config, setting, seed, lr), rdir)
   return rec
+
+
+def _record_mismatch(config, setting: budget_lib.Setting, rec: dict) -> str:
+  """Why a finished run's record is not ``setting``'s under ``config`` (``''`` when it is): other
+  settings (``'settings model.dim: 3 → 4'``, recorded → planned) or, for magnitude, another m grid."""
+  have, want = rec["setting"]["overrides"], setting.to_dict()["overrides"]
+  if have != want:
+    keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+    return "settings " + ", ".join(f"{k}: {have.get(k)!r} → {want.get(k)!r}" for k in keys)
+  grid = list(magnitude_grid(config))
+  if setting.method == "magnitude" and rec.get("min_per_row_grid") != grid:
+    return f"m chosen among {rec.get('min_per_row_grid')}, not {grid} (magnitude_min_per_row)"
+  return ""
 
 
 def _evaluated_fields(config, setting: budget_lib.Setting, rdir: str, train_result: dict,
@@ -403,6 +411,7 @@ def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: 
                wall_seconds=time.perf_counter() - t0 + shared_s)
     logging.warning("sweep: %s: stage 1 never reached the budget; no retraining, no result", name)
     workdir_lib.write_json(record_path, rec)
+    export_records(workdir)
     return rec
   (train_result,) = results.values()
   rec.update(_evaluated_fields(config, setting, rdir, train_result, prune_seconds, t0, shared_s))
@@ -412,6 +421,7 @@ def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: 
               "" if rec["within_window"] else " — OUTSIDE the budget window", rec["recall@20"],
               rec["ndcg@20"])
   workdir_lib.write_json(record_path, rec)
+  export_records(workdir)
   return rec
 
 
@@ -430,15 +440,11 @@ def reference_record(config, reference: budget_lib.Setting, seed: int, lr: float
                      f"{reference.overrides['model.dim']}, seed {seed}, lr {lr:g}) {why} in "
                      f"{os.path.join(workdir, 'runs')}; set config.sweep.reference = True (the "
                      "sweep then trains it first) or run it there")
-  if rec.get("imported_from") and _holds_only_record(os.path.join(workdir, "runs", ref)):
-    raise ValueError(f"{name}: its reference run {ref} was imported from {rec['imported_from']}, "
-                     "which holds its metrics but not its trained table; remove "
-                     f"{os.path.join(workdir, 'runs', ref)} to train it here, then rerun")
+  if not os.path.exists(workdir_lib.result_path(os.path.join(workdir, "runs", ref), None)):
+    raise ValueError(f"{name}: its reference run {ref} is finished in {os.path.join(workdir, 'runs')} "
+                     f"(imported from {rec.get('imported_from')}) but its trained table is not there; "
+                     "remove that run's folder and rerun without the record (it then trains here)")
   return rec
-
-
-def _holds_only_record(rdir: str) -> bool:
-  return set(os.listdir(rdir)) <= {"config.json", "sweep_run.json"}
 
 
 def run_magnitude(config, setting: budget_lib.Setting, reference: budget_lib.Setting, seed: int,
@@ -480,6 +486,7 @@ def run_magnitude(config, setting: budget_lib.Setting, reference: budget_lib.Set
                "ndcg@20 %.4f", name, rec["min_per_row"], f"{rec['packed_bytes']:,}",
                100 * rec["fill"], rec["recall@20"], rec["ndcg@20"])
   workdir_lib.write_json(os.path.join(rdir, "sweep_run.json"), rec)
+  export_records(workdir)
   return rec
 
 
@@ -516,26 +523,31 @@ def _magnitude_record(config, setting: budget_lib.Setting, seed: int, lr: float,
 # --------------------------------------------------------------------------------------------------
 
 RECORDS_FILE = "records.jsonl"
-_RECORD_FIELDS = ("name", "setting", "status", "config")
 
 
-def export_records(workdir: str, names: Sequence[str]) -> str:
-  """Writes ``workdir/records.jsonl``: for each finished run of ``names``, one line holding its
-  ``sweep_run.json`` record plus ``config`` (its ``config.json``). A few KB with no tables: kept
-  beside the results (docs/results/), it lets :func:`import_records` continue the sweep elsewhere.
+def export_records(workdir: str) -> str:
+  """Writes ``workdir/records.jsonl``: one line per finished run in ``workdir/runs`` (every run with
+  a ``sweep_run.json``, whichever command finished it), its record plus ``config`` (its
+  ``config.json``), in name order, ASCII. Rewritten after every finished run and report; ≈ 6 KB
+  per run and no tables: kept beside the results, it lets :func:`import_records` continue the
+  sweep elsewhere.
 
   Returns:
-    the file's path (written atomically).
+    the file's path (written atomically: sweep processes sharing the workdir may race, and the
+    last one writes every run finished by then).
   """
+  runs_dir = os.path.join(workdir, "runs")
   lines = []
-  for name in names:
-    rdir = os.path.join(workdir, "runs", name)
+  for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else ():
+    rdir = os.path.join(runs_dir, name)
+    if not os.path.exists(os.path.join(rdir, "sweep_run.json")):
+      continue
     rec = workdir_lib.read_json(os.path.join(rdir, "sweep_run.json"))
     rec["config"] = workdir_lib.read_json(workdir_lib.config_path(rdir))
-    lines.append(json.dumps(rec, sort_keys=True, ensure_ascii=False))
+    lines.append(json.dumps(rec, sort_keys=True))
   path = os.path.join(workdir, RECORDS_FILE)
   tmp = f"{path}.{os.getpid()}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
+  with open(tmp, "w", encoding="ascii") as f:
     f.write("".join(line + "\n" for line in lines))
   os.replace(tmp, path)
   return path
@@ -545,15 +557,17 @@ def _read_records(path: str) -> list[tuple[str, dict]]:
   """``(where, record)`` per non-blank line of a records file (``where`` = ``path:line``).
 
   Raises:
-    ValueError: a missing file, or a line that is not a JSON object with the record's fields.
+    ValueError: an unreadable file, or a line that is not a JSON object with a string ``name``, a
+      ``setting`` with ``overrides``, a ``status`` and a ``config`` object, or a run named twice.
   """
   try:
     with open(path, encoding="utf-8") as f:
       text = f.read()
-  except OSError as e:
-    raise ValueError(f"--import_records={path}: cannot read it ({e.strerror})") from e
-  out = []
-  for i, line in enumerate(text.splitlines(), 1):
+  except (OSError, UnicodeDecodeError) as e:
+    raise ValueError(f"--import_records={path}: cannot read it as a text file "
+                     f"({getattr(e, 'strerror', None) or e})") from e
+  out, seen = [], {}
+  for i, line in enumerate(text.split("\n"), 1):
     if not line.strip():
       continue
     where = f"{path}:{i}"
@@ -561,10 +575,15 @@ def _read_records(path: str) -> list[tuple[str, dict]]:
       rec = json.loads(line)
     except json.JSONDecodeError as e:
       raise ValueError(f"{where}: not a JSON record ({e.msg}, column {e.colno})") from e
-    missing = [k for k in _RECORD_FIELDS if not isinstance(rec, dict) or k not in rec]
-    if missing:
-      raise ValueError(f"{where}: not a sweep run record (no {', '.join(missing)}; expected a line "
-                       f"of a sweep's {RECORDS_FILE})")
+    if not (isinstance(rec, dict) and isinstance(rec.get("name"), str) and "status" in rec and
+            isinstance(rec.get("setting"), dict) and
+            isinstance(rec["setting"].get("overrides"), dict) and
+            isinstance(rec.get("config"), dict)):
+      raise ValueError(f"{where}: not a sweep run record (expected a JSON object with name, setting "
+                       f"with overrides, status and config: a line of a sweep's {RECORDS_FILE})")
+    if rec["name"] in seen:
+      raise ValueError(f"{where}: run {rec['name']} again (first at line {seen[rec['name']]})")
+    seen[rec["name"]] = i
     out.append((where, rec))
   return out
 
@@ -573,10 +592,12 @@ def import_records(path: str, config, jobs, workdir: str) -> list[str]:
   """Marks the runs of ``jobs`` that the records file ``path`` (:func:`export_records`) holds as
   finished in ``workdir``: they are not trained again and are reported with their recorded metrics.
 
-  Each planned run found in the file gets ``runs/<name>/config.json`` and ``sweep_run.json`` (the
-  record, plus ``imported_from = 'path:line'``), unless it finished in ``workdir`` already (its own
-  record wins). Records of runs outside the plan (other methods, budgets, seeds) are skipped. Every
-  line is checked before anything is written.
+  Every line is checked first; then each planned run found in the file gets
+  ``runs/<name>/config.json`` and ``sweep_run.json`` (the record with ``imported_from =
+  'path:line'``, ``within_window`` recomputed for this config's window), unless it finished in
+  ``workdir`` already (its own record wins). Skipped, and logged: records of runs outside the plan
+  (other methods, budgets, seeds), and a reference run whose magnitude runs are still to do here
+  (a record holds no trained table to prune: the reference trains here).
 
   Args:
     path: a records file.
@@ -587,22 +608,33 @@ def import_records(path: str, config, jobs, workdir: str) -> list[str]:
     the names of the runs imported.
 
   Raises:
-    ValueError: ``path:line``: not a record, or a planned run recorded with other settings or
-      another config (the differing fields named); a run folder here holding another config.
+    ValueError: ``path:line``: not a record, a run named twice, or a planned run recorded with other
+      settings, another magnitude m grid or another config (the differing fields named), or whose
+      folder here holds another config.
   """
   planned = {run_name(s, seed, lr): (s, seed, lr) for s, seed, lr in jobs}
+  records = _read_records(path)
+  held = {rec["name"] for _, rec in records}
   todo = []
-  for where, rec in _read_records(path):
+  for where, rec in records:
     if rec["name"] not in planned:
       continue
     s, seed, lr = planned[rec["name"]]
-    want = s.to_dict()["overrides"]
-    if (rec["setting"] or {}).get("overrides") != want:
-      raise ValueError(f"{where}: run {rec['name']} was recorded with settings "
-                       f"{(rec['setting'] or {}).get('overrides')}, the plan has {want}")
-    diff = workdir_lib.config_diff(rec["config"], run_config(config, s, seed, lr))
-    if diff:
-      raise ValueError(f"{where}: run {rec['name']} was trained with another config ({diff})")
+    rc = run_config(config, s, seed, lr)
+    rdir = os.path.join(workdir, "runs", rec["name"])
+    why = _record_mismatch(config, s, rec)
+    diff = workdir_lib.config_diff(rec["config"], rc, workdir_lib.RECORD_IGNORED)
+    here = workdir_lib.config_path(rdir)
+    diff_here = workdir_lib.config_diff(workdir_lib.read_json(here), rc) if os.path.exists(here) else ""
+    if why or diff or diff_here:
+      raise ValueError(f"{where}: run {rec['name']} " + (
+          f"was recorded with {why}" if why else
+          f"was trained with another config ({diff})" if diff else
+          f"has a folder in {workdir} with another config ({diff_here})"))
+    if s.reference and _magnitude_pending(planned, rec["name"], held, workdir):
+      logging.warning("sweep: %s: not imported: a magnitude run still to do prunes its trained "
+                      "table, which a record does not hold; it trains here", where)
+      continue
     todo.append((where, rec))
   imported = []
   for where, rec in todo:
@@ -613,10 +645,29 @@ def import_records(path: str, config, jobs, workdir: str) -> list[str]:
     os.makedirs(rdir, exist_ok=True)
     workdir_lib.check_config(run_config(config, s, seed, lr), rdir)
     rec = {k: v for k, v in rec.items() if k != "config"}
-    workdir_lib.write_json(os.path.join(rdir, "sweep_run.json"), {**rec, "imported_from": where})
+    lo, hi = config.sweep.window
+    if rec.get("fill") is not None:
+      rec["within_window"] = bool(s.reference or lo <= rec["fill"] <= hi)
+    before = rec.get("imported_from")
+    rec["imported_from"] = where + (f" (before: {before})" if before else "")
+    workdir_lib.write_json(os.path.join(rdir, "sweep_run.json"), rec)
     imported.append(rec["name"])
-  logging.info("sweep: %d finished runs imported from %s: %s", len(imported), path, imported)
+  level = logging.WARNING if records and not todo else logging.INFO
+  logging.log(level, "sweep: %s: %d of its %d records imported (%d outside this plan, %d finished "
+              "here already): %s", path, len(imported), len(records),
+              sum(r["name"] not in planned for _, r in records), len(todo) - len(imported), imported)
   return imported
+
+
+def _magnitude_pending(planned: dict, ref_name: str, held: set, workdir: str) -> bool:
+  """Whether ``ref_name`` is the d_ref reference of a planned magnitude run (same seed and lr) that is
+  neither in the records file (``held``) nor finished in ``workdir``."""
+  ref, seed, lr = planned[ref_name]
+  if ref.budget_fraction != 1.0:  # an extra reference (another width): no magnitude run prunes it
+    return False
+  return any(s.method == "magnitude" and (sd, r) == (seed, lr) and name not in held and
+             not os.path.exists(os.path.join(workdir, "runs", name, "sweep_run.json"))
+             for name, (s, sd, r) in planned.items())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -670,6 +721,14 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
   logging.info("sweep: N=%d, %d settings%s", data.num_entities, len(settings),
                "" if solve_only else ":\n" + table)
   out = {"plan": [s.to_dict() for s in settings]}
+  sc = config.sweep
+  # magnitude prunes the trained reference: its runs come last
+  ordered = sorted(settings, key=lambda st: st.method == "magnitude")
+  jobs = [(s, seed, lr) for s in ordered for seed in sc.seeds for lr in sc.lrs]
+  if import_from:
+    if solve_only or not workdir:
+      raise ValueError("--import_records needs a --workdir to import into (not with --solve_only)")
+    import_records(import_from, config, jobs, workdir)  # every line checked before it writes
   if workdir:
     os.makedirs(workdir, exist_ok=True)
     workdir_lib.write_json(os.path.join(workdir, "plan.json"), {"num_entities": data.num_entities,
@@ -681,13 +740,7 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
     return out
   if not workdir:
     raise ValueError("a sweep needs a workdir")
-  sc = config.sweep
-  # magnitude prunes the trained reference: its runs come last
-  ordered = sorted(settings, key=lambda st: st.method == "magnitude")
-  jobs = [(s, seed, lr) for s in ordered for seed in sc.seeds for lr in sc.lrs]
   reference = budget_lib.reference_setting(data.num_entities, sc.reference_dim)
-  if import_from:
-    import_records(import_from, config, jobs, workdir)
   group_of = {i: g for g in shared_stage1_groups(settings) for i in g}
   shared: dict = {}  # (first index of the group, seed) → shared stage-1 folder
   records = []
@@ -719,8 +772,8 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
   if not records:
     raise ValueError(f"{workdir}: no finished run to report yet")
   pop = most_popular(config, data, workdir)
+  export_records(workdir)  # before the report: a report that fails must not lose the records
   rows, md = sweep_report.write_results(workdir, records, config, data.num_entities, pop)
-  export_records(workdir, [r["name"] for r in records])
   outside = [r["name"] for r in records if r["status"] == "ok" and not r["within_window"]]
   if outside:
     logging.warning("sweep: packed bytes OUTSIDE the budget window for %s", outside)

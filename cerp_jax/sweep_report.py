@@ -43,7 +43,8 @@ def aggregate(records: Sequence[dict], metric_keys: Sequence[str]) -> list[dict]
     rows with ``method, value_dtype, budget_fraction, budget_bytes, reference, dim`` (the model's d
     when the records carry it), ``setting, lr, seeds, num_seeds,
     packed_bytes`` (max over seeds), ``packed_bytes_min``, ``fill`` (max), ``within_window`` (all
-    seeds), ``nonzeros`` (mean), each metric's mean and ``<metric>_std``, ``valid_selection``,
+    seeds), ``nonzeros`` (mean), each metric's mean and ``<metric>_std`` over the seeds that recorded
+    it (None when none did), ``valid_selection``,
     ``train_seconds`` (mean), ``status``.
   """
   groups: dict = {}
@@ -76,10 +77,10 @@ def aggregate(records: Sequence[dict], metric_keys: Sequence[str]) -> list[dict]
                  nonzeros=float(np.mean([r["nonzeros"] for r in ok])),
                  valid_selection=float(np.mean([r["valid_selection"] for r in ok])),
                  train_seconds=float(np.mean([r["train_seconds"] for r in ok])))
-      for k in metric_keys:
-        v = [r[k] for r in ok]
-        row[k] = float(np.mean(v))
-        row[k + "_std"] = float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
+      for k in metric_keys:  # over the runs that recorded k (a record kept from an older
+        v = [r[k] for r in ok if r.get(k) is not None]  # workdir may lack some cut-offs)
+        row[k] = float(np.mean(v)) if v else None
+        row[k + "_std"] = (float(np.std(v, ddof=1)) if len(v) > 1 else 0.0) if v else None
     else:
       row.update(packed_bytes=None, packed_bytes_min=None, fill=None, within_window=False,
                  nonzeros=None, valid_selection=None,

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax.numpy as jnp
 import ml_collections
@@ -158,6 +158,8 @@ _RESUME_IGNORED = ("stage", "progress_bar", "checkpoint_every_steps",
                    "coordinator_address", "num_processes", "process_id",
                    # eval-time packing (post-training quantization): training does not read it
                    "pack")
+# what a finished run's record does not depend on: an imported record must match every other group
+RECORD_IGNORED = tuple(g for g in _RESUME_IGNORED if g != "pack")
 
 # Fields added after workdirs were written: absent from an older config.json, they read as these
 # defaults (which keep the older behaviour), so those runs still resume.
@@ -193,12 +195,13 @@ def _config_diff(stored: dict, current: dict, selected) -> str:
   return ", ".join(f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in diff[:8])
 
 
-def config_diff(stored: dict, config: ml_collections.ConfigDict) -> str:
-  """``'a.b: old → new, …'`` over the fields a resumed run must keep (all but the resume-ignored
-  ones: stage, devices, eval-time packing …) between a stored ``config.json`` and ``config``;
-  ``''`` when they match."""
+def config_diff(stored: dict, config: ml_collections.ConfigDict,
+                ignored: Sequence[str] = _RESUME_IGNORED) -> str:
+  """``'a.b: old → new, …'`` over the fields of a stored ``config.json`` and ``config`` outside the
+  top-level groups ``ignored`` (default: those a resumed run may change: stage, devices, eval-time
+  packing …); ``''`` when they match."""
   current = json.loads(config.to_json_best_effort())
-  return _config_diff(stored, current, lambda g: g not in _RESUME_IGNORED)
+  return _config_diff(stored, current, lambda g: g not in ignored)
 
 
 def check_config(config: ml_collections.ConfigDict, workdir: str) -> None:

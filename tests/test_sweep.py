@@ -350,12 +350,14 @@ def test_extra_reference_dims_train_more_references(swept, sweep_config):
 
 
 def _records(workdir, config=None):
-  """records.jsonl of ``workdir``; with ``config``, first rewritten for that config's runs (tests
-  before may have run other configs in the shared workdir)."""
+  """records.jsonl of ``workdir`` (every finished run there); with ``config``, rewritten by a report
+  with it first and only that config's runs kept (tests before ran others in the shared workdir)."""
+  names = None
   if config is not None:
-    S.run_sweep(config, workdir, report_only=True)
+    names = {r["name"] for r in S.run_sweep(config, workdir, report_only=True)["records"]}
   with open(os.path.join(workdir, S.RECORDS_FILE), encoding="utf-8") as f:
-    return [json.loads(line) for line in f]
+    recs = [json.loads(line) for line in f]
+  return [r for r in recs if names is None or r["name"] in names]
 
 
 def _write_records(path, recs):
@@ -372,12 +374,38 @@ def _no_training(monkeypatch):
   monkeypatch.setattr(magnitude_lib, "prune_workdir", boom)
 
 
-def test_records_continue_the_sweep_in_a_new_workdir(swept, sweep_config, monkeypatch, tmp_path):
+def _first_trained(monkeypatch):
+  """Makes the first run that would train stop the sweep; returns the list of its folder name."""
+  trained = []
+
+  def stop(config, wd):
+    trained.append(os.path.basename(wd))
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(train_lib, "train_and_evaluate", stop)
+  return trained
+
+
+def test_records_hold_every_finished_run_of_the_workdir(swept, sweep_config):
   workdir, out = swept
   recs = _records(workdir, sweep_config)
-  assert sorted(r["name"] for r in recs) == sorted(r["name"] for r in out["records"])
+  names = sorted(r["name"] for r in out["records"])
+  assert sorted(r["name"] for r in recs) == names
   assert all(r["config"] == json.load(open(os.path.join(workdir, "runs", r["name"], "config.json")))
              for r in recs)
+  every = {r["name"] for r in _records(workdir)}
+  assert every >= set(names) and every == {
+      n for n in os.listdir(os.path.join(workdir, "runs"))
+      if os.path.exists(os.path.join(workdir, "runs", n, "sweep_run.json"))}
+  c = sweep_config.copy_and_resolve_references()
+  c.sweep.methods = ("qr",)  # a narrower command's report keeps the others' records
+  S.run_sweep(c, workdir, report_only=True)
+  assert {r["name"] for r in _records(workdir)} == every
+
+
+def test_records_continue_the_sweep_in_a_new_workdir(swept, sweep_config, monkeypatch, tmp_path):
+  workdir, _ = swept
+  recs = _records(workdir, sweep_config)
   path = _write_records(tmp_path / "kept.jsonl", recs)
   _no_training(monkeypatch)
   new = str(tmp_path / "new")
@@ -386,9 +414,11 @@ def test_records_continue_the_sweep_in_a_new_workdir(swept, sweep_config, monkey
   assert all(r["imported_from"].startswith(path + ":") for r in res["records"])
   assert open(os.path.join(new, "results.csv")).read() == \
       open(os.path.join(workdir, "results.csv")).read()
-  # its own records.jsonl carries them on (with where they came from)
-  assert {r["name"] for r in _records(new)} == {r["name"] for r in recs}
-  assert all(r["imported_from"].startswith(path + ":") for r in _records(new))
+  assert [r["name"] for r in _records(new)] == [r["name"] for r in recs]
+  # imported again from there: where it came from is kept
+  again = S.run_sweep(sweep_config, str(tmp_path / "third"), import_from=os.path.join(
+      new, S.RECORDS_FILE))
+  assert all("(before: " + path + ":" in r["imported_from"] for r in again["records"])
 
 
 def test_records_import_only_planned_runs_and_the_rest_trains(swept, sweep_config, monkeypatch,
@@ -397,13 +427,7 @@ def test_records_import_only_planned_runs_and_the_rest_trains(swept, sweep_confi
   recs = _records(workdir, sweep_config)
   qr = next(r for r in recs if r["method"] == "qr")
   path = _write_records(tmp_path / "kept.jsonl", [r for r in recs if r is not qr])
-  trained = []
-
-  def stop(config, wd):
-    trained.append(os.path.basename(wd))
-    raise KeyboardInterrupt  # the first run that would train
-
-  monkeypatch.setattr(train_lib, "train_and_evaluate", stop)
+  trained = _first_trained(monkeypatch)
   with pytest.raises(KeyboardInterrupt):
     S.run_sweep(sweep_config, str(tmp_path / "new"), import_from=path)
   assert trained == [qr["name"]]
@@ -414,45 +438,91 @@ def test_records_import_only_planned_runs_and_the_rest_trains(swept, sweep_confi
   assert {r["method"] for r in res["records"]} == {"full"}
 
 
+def test_records_missing_some_metrics_report_beside_full_ones(swept, sweep_config, monkeypatch,
+                                                             tmp_path):
+  workdir, _ = swept
+  recs = _records(workdir, sweep_config)
+  qr = [r for r in recs if r["method"] == "qr"]
+  for r in qr:  # as a record rebuilt from a results table: @20 and @50 only
+    for k in [k for k in r if "@" in k and not k.endswith(("@20", "@50"))]:
+      del r[k]
+  _no_training(monkeypatch)
+  res = S.run_sweep(sweep_config, str(tmp_path / "new"), import_from=_write_records(
+      tmp_path / "kept.jsonl", recs))
+  rows = {(r["method"], r["budget_fraction"]): r for r in res["rows"] if not r["reference"]}
+  assert rows[("qr", 0.2)]["hitrate@10"] is None and rows[("qr", 0.2)]["recall@20"] is not None
+  assert rows[("full", 0.2)]["hitrate@10"] is not None
+
+
 def test_records_with_other_settings_or_config_refused_before_anything_is_written(
     swept, sweep_config, tmp_path):
   workdir, _ = swept
   recs = _records(workdir, sweep_config)
   new = tmp_path / "new"
+
+  def refused(recs, match, name="x.jsonl", config=sweep_config):
+    path = _write_records(tmp_path / name, recs)
+    with pytest.raises(ValueError, match=match):
+      S.run_sweep(config, str(new), import_from=path)
+    assert not os.path.exists(new / "runs") and not os.path.exists(new / "plan.json")
+
   changed = [dict(r) for r in recs]
-  changed[1] = {**changed[1], "config": {**changed[1]["config"],
-                                         "retrain": {**changed[1]["config"]["retrain"],
-                                                     "max_epochs": 999}}}
-  path = _write_records(tmp_path / "a.jsonl", changed)
-  with pytest.raises(ValueError, match=rf"a.jsonl:2: run {changed[1]['name']} was trained with "
-                     r"another config \(retrain.max_epochs: 999 → 8\)"):
-    S.run_sweep(sweep_config, str(new), import_from=path)
-  assert not os.path.exists(new / "runs")  # the good first line was not imported either
+  changed[1]["config"] = {**changed[1]["config"], "retrain": {**changed[1]["config"]["retrain"],
+                                                              "max_epochs": 999}}
+  refused(changed, rf"x.jsonl:2: run {recs[1]['name']} was trained with another config "
+          r"\(retrain.max_epochs: 999 → 8\)")
   changed = [dict(r) for r in recs]
-  changed[0] = {**changed[0], "setting": {**changed[0]["setting"], "overrides": {"model.dim": 1}}}
-  path = _write_records(tmp_path / "b.jsonl", changed)
-  with pytest.raises(ValueError, match=rf"b.jsonl:1: run {recs[0]['name']} was recorded with "
-                     "settings"):
-    S.run_sweep(sweep_config, str(new), import_from=path)
+  changed[1]["config"] = {**changed[1]["config"], "pack": {**changed[1]["config"]["pack"],
+                                                           "value_dtype": "int8"}}
+  refused(changed, r"x.jsonl:2: .* another config \(pack.value_dtype: 'int8' → 'float32'\)")
+  changed = [dict(r) for r in recs]
+  changed[0]["setting"] = {**changed[0]["setting"],
+                           "overrides": {**changed[0]["setting"]["overrides"], "model.dim": 1}}
+  refused(changed, rf"x.jsonl:1: run {recs[0]['name']} was recorded with settings model.dim: 1 → ")
+  c = sweep_config.copy_and_resolve_references()
+  c.sweep.magnitude_min_per_row = (0, 1)
+  mag = next(i for i, r in enumerate(recs) if r["method"] == "magnitude")
+  refused(recs, rf"x.jsonl:{mag + 1}: run .* was recorded with m chosen among \[0, 1, 2, 4, 8\], "
+          r"not \[0, 1\]", config=c)
+  refused(recs + recs[:1], rf"x.jsonl:{len(recs) + 1}: run {recs[0]['name']} again \(first at "
+          "line 1\)")
   bad = tmp_path / "c.jsonl"
-  bad.write_text(json.dumps(recs[0]) + "\n\n{not json\n")
-  with pytest.raises(ValueError, match=r"c.jsonl:3: not a JSON record"):
-    S.run_sweep(sweep_config, str(new), import_from=str(bad))
-  bad.write_text(json.dumps({"name": recs[0]["name"]}) + "\n")
-  with pytest.raises(ValueError, match=r"c.jsonl:1: not a sweep run record \(no setting, status, "
-                     "config"):
+  for text, match in ((json.dumps(recs[0]) + "\n\n{not json\n", r"c.jsonl:3: not a JSON record"),
+                      (json.dumps({"name": recs[0]["name"]}) + "\n", r"c.jsonl:1: not a sweep run"),
+                      (json.dumps({**recs[0], "setting": "x"}) + "\n", r"c.jsonl:1: not a sweep run")):
+    bad.write_text(text)
+    with pytest.raises(ValueError, match=match):
+      S.run_sweep(sweep_config, str(new), import_from=str(bad))
+  bad.write_bytes(b"\x1f\x8b\x08\x00\xff")  # gzip
+  with pytest.raises(ValueError, match=r"--import_records=.*c.jsonl: cannot read it as a text file"):
     S.run_sweep(sweep_config, str(new), import_from=str(bad))
   with pytest.raises(ValueError, match=r"--import_records=.*missing.jsonl: cannot read it"):
     S.run_sweep(sweep_config, str(new), import_from=str(tmp_path / "missing.jsonl"))
   assert not os.path.exists(new / "runs")
+  # a folder here with another config: refused with the file's line, nothing imported
+  (new / "runs" / recs[1]["name"]).mkdir(parents=True)
+  with open(new / "runs" / recs[1]["name"] / "config.json", "w") as f:
+    json.dump({**recs[1]["config"], "seed": 12345}, f)
+  with pytest.raises(ValueError, match=rf"x.jsonl:2: run {recs[1]['name']} has a folder in .* with "
+                     r"another config \(seed: 12345 → 0\)"):
+    S.run_sweep(sweep_config, str(new), import_from=_write_records(tmp_path / "x.jsonl", recs))
+  assert os.listdir(new / "runs") == [recs[1]["name"]]
 
 
-def test_magnitude_of_an_imported_reference_is_a_clear_error(swept, sweep_config, monkeypatch,
-                                                             tmp_path):
+def test_reference_of_a_magnitude_run_still_to_do_trains_instead_of_importing(
+    swept, sweep_config, monkeypatch, tmp_path):
   workdir, _ = swept
   recs = [r for r in _records(workdir, sweep_config) if r["method"] != "magnitude"]
   path = _write_records(tmp_path / "kept.jsonl", recs)
-  _no_training(monkeypatch)
-  with pytest.raises(ValueError, match=r"its reference run full_reference_seed0_lr0.01 was imported "
-                     r"from .*kept.jsonl:\d+, which holds its metrics but not its trained table"):
+  trained = _first_trained(monkeypatch)
+  with pytest.raises(KeyboardInterrupt):
     S.run_sweep(sweep_config, str(tmp_path / "new"), import_from=path)
+  assert trained == ["full_reference_seed0_lr0.01"]  # every other run was imported
+  # imported by a command without magnitude, then asked for magnitude: a clear error
+  c = sweep_config.copy_and_resolve_references()
+  c.sweep.methods = tuple(m for m in c.sweep.methods if m != "magnitude")
+  _no_training(monkeypatch)
+  S.run_sweep(c, str(tmp_path / "later"), import_from=path)
+  with pytest.raises(ValueError, match=r"its reference run full_reference_seed0_lr0.01 is finished "
+                     r"in .* \(imported from .*kept.jsonl:\d+\) but its trained table is not there"):
+    S.run_sweep(sweep_config, str(tmp_path / "later"))
