@@ -4,12 +4,17 @@ and against epochs.
   python benchmarks/time_to_accuracy.py --run=cpu:runs/tta/cpu --run=pytorch:runs/tta/pytorch \
       --out=docs/results/lightgcn_time_to_accuracy
 
+  python benchmarks/time_to_accuracy.py --keep=docs/results/lightgcn_time_to_accuracy.csv \
+      --run=pytorch:runs/tta/pytorch    # add a curve to the committed ones (their workdirs gone)
+
 Each ``--run=NAME:WORKDIR`` is a train.py workdir whose stage 2 (or full-table) run evaluated with
 ``--config.eval.test_curve=True``: every selection evaluation's record in ``metrics.jsonl`` holds
 the validation metrics, the test metrics and ``seconds`` (the stage's wall seconds so far, its
 validation passes included, the test passes not). Writes ``OUT.csv`` (columns recipe, epoch,
 wall_s, valid_recall@20, test_recall@20, valid_ndcg@20, test_ndcg@20; one row per evaluation,
 ``epoch`` = epochs trained when it ran; empty cells where a split was not measured) and ``OUT.png``.
+``--keep=CSV`` first takes the curves of a CSV this script wrote, except those a ``--run`` names
+again (so a curve whose workdir is gone stays in the figure beside new ones).
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_multi_string("run", [], "NAME:WORKDIR of a run to include (repeat).")
 flags.DEFINE_string("out", "docs/results/lightgcn_time_to_accuracy", "Output path without suffix.")
 flags.DEFINE_string("target", "", "Only records of this stage-2 target (default: every one).")
+flags.DEFINE_string("keep", "", "A CSV this script wrote: its curves are kept, except those a "
+                    "--run names (which replace them).")
 flags.DEFINE_float("goal", 0.0, "Draw this test Recall@20 as a horizontal line (0: none).")
 
 COLUMNS = ("recipe", "epoch", "wall_s", "valid_recall@20", "test_recall@20", "valid_ndcg@20",
@@ -64,6 +71,33 @@ def curve(workdir: str, target: str = "") -> list[dict]:
     raise ValueError(f"{path}: no stage-2 evaluation record with 'seconds' (written by this "
                      "version's train.py; add --config.eval.test_curve=True for test metrics)")
   return rows
+
+
+def read_csv(path: str) -> list[tuple[str, list[dict]]]:
+  """The curves of a CSV :func:`write_csv` wrote, as ``[(recipe, rows)]`` in file order.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: the header is not :data:`COLUMNS`, or a cell is not a number (named by file, line
+      and column).
+  """
+  runs: dict[str, list[dict]] = {}
+  with open(path, newline="", encoding="utf-8") as f:
+    reader = csv.DictReader(f)
+    if tuple(reader.fieldnames or ()) != COLUMNS:
+      raise ValueError(f"{path}:1: columns {reader.fieldnames} are not {list(COLUMNS)}")
+    for row in reader:
+      rec = {}
+      for col in COLUMNS[1:]:
+        cell = row[col]
+        try:
+          rec[col] = (int(cell) if col == "epoch" else float(cell)) if cell != "" else None
+        except ValueError:
+          raise ValueError(f"{path}:{reader.line_num}: {col}={cell!r} is not a number") from None
+      if rec["epoch"] is None or rec["wall_s"] is None:
+        raise ValueError(f"{path}:{reader.line_num}: epoch and wall_s must not be empty")
+      runs.setdefault(row["recipe"], []).append(rec)
+  return list(runs.items())
 
 
 def _round(x):
@@ -121,9 +155,11 @@ def _curves() -> list:
     if not sep or not name or not workdir:
       raise ValueError(f"--run={spec!r}: expected NAME:WORKDIR")
     runs.append((name, curve(workdir, FLAGS.target)))
-  if not runs:
-    raise ValueError("give at least one --run=NAME:WORKDIR")
-  return runs
+  named = {name for name, _ in runs}
+  kept = [r for r in read_csv(FLAGS.keep) if r[0] not in named] if FLAGS.keep else []
+  if not runs and not kept:
+    raise ValueError("give at least one --run=NAME:WORKDIR (or --keep=CSV)")
+  return kept + runs
 
 
 def main(argv):
