@@ -29,9 +29,10 @@ def _holder(path: str) -> str:
 
 
 @contextlib.contextmanager
-def hold(workdir: str, enabled: bool = True):
+def hold(workdir: str, enabled: bool = True, name: str = LOCK_NAME):
   """Holds the lock of ``workdir`` (an existing directory) for the ``with`` body; a no-op when
-  not ``enabled`` (every process but 0 of a multi-process run).
+  not ``enabled`` (every process but 0 of a multi-process run). ``name``: the lock file, for a
+  second lock of the same folder held around the first (sweep.py's run lock around train.py's).
 
   Raises:
     WorkdirBusyError: a live process holds the lock; the message names it.
@@ -40,7 +41,7 @@ def hold(workdir: str, enabled: bool = True):
   if not enabled:
     yield
     return
-  path = os.path.join(workdir, LOCK_NAME)
+  path = os.path.join(workdir, name)
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
   try:
     try:

@@ -37,6 +37,9 @@ This module runs the sweep and keeps the shared stage-1 bookkeeping; the tables 
 Rerunning the same command skips finished runs and resumes unfinished ones from their checkpoints.
 A sweep also continues in a new workdir (another machine, a lost one) from a ``records.jsonl`` kept
 from an earlier one (``import_records``): the runs it holds count as finished and are reported.
+Several processes may run the same sweep on one workdir (one per core or machine): each run is
+taken under a lock of its folder (``runs/<run>/.sweep_lock``), and a run, or a shared stage 1,
+that another process holds is skipped and left to it (logged; rerun to report it).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from cerp_jax import embeddings as emb_lib
 from cerp_jax import evaluation
 from cerp_jax import finalize
 from cerp_jax import magnitude as magnitude_lib
+from cerp_jax import runlock
 from cerp_jax import sweep_report
 from cerp_jax import train as train_lib
 from cerp_jax import workdir as workdir_lib
@@ -273,6 +277,24 @@ def run_shared_stage1(config, members: Sequence[budget_lib.Setting], seed: int, 
   return sdir
 
 
+def _group_stage1(config, settings: Sequence[budget_lib.Setting], group: Sequence[int],
+                  setting: budget_lib.Setting, seed: int, workdir: str):
+  """The shared stage-1 folder of ``setting``'s group at ``seed`` (run, resumed or found; None when
+  only ``setting`` is still open and no finished stage 1 serves it), or the WorkdirBusyError of
+  another process running it, so that every member of the group is skipped rather than each
+  starting a stage 1 of its own."""
+  sc = config.sweep
+  # the budgets of the group still to retrain (not finished, no stage 1 of their own)
+  members = [settings[j] for j in group
+             if any(_open_without_own_stage1(workdir, settings[j], seed, r) for r in sc.lrs)]
+  if len(members) <= 1:
+    return find_shared_stage1(config, setting, seed, workdir, [_target(setting)])
+  try:
+    return run_shared_stage1(config, members, seed, workdir)
+  except runlock.WorkdirBusyError as e:
+    return e
+
+
 def _open_without_own_stage1(workdir: str, setting: budget_lib.Setting, seed: int, lr: float) -> bool:
   """The run is not finished and has not started a stage 1 of its own (which it then resumes)."""
   rdir = os.path.join(workdir, "runs", run_name(setting, seed, lr))
@@ -375,11 +397,11 @@ def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: 
   Raises:
     ValueError: the run folder holds a finished run with other settings or another protocol (its
       ``config.json`` differs from this run's config).
+    runlock.WorkdirBusyError: another process is running this run (its sweep run lock, or
+      train.py's lock, is held).
   """
   name = run_name(setting, seed, lr)
   rdir = os.path.join(workdir, "runs", name)
-  record_path = os.path.join(rdir, "sweep_run.json")
-  want = setting.to_dict()
   rc = run_config(config, setting, seed, lr)
   if prune_workdir:
     rc.stage = "retrain"
@@ -387,6 +409,21 @@ def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: 
   rec = finished_record(config, setting, seed, lr, workdir)
   if rec is not None:
     logging.info("sweep: %s finished before, skipped", name)
+    return rec
+  os.makedirs(rdir, exist_ok=True)
+  with runlock.hold(rdir, name=RUN_LOCK):
+    return _run_one_locked(config, setting, seed, lr, workdir, rc, prune_workdir)
+
+
+def _run_one_locked(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: str,
+                    rc: ml_collections.ConfigDict, prune_workdir: Optional[str]) -> dict:
+  """:func:`run_one` once its run lock is held: trains, packs, evaluates, writes the record."""
+  name = run_name(setting, seed, lr)
+  rdir = os.path.join(workdir, "runs", name)
+  record_path = os.path.join(rdir, "sweep_run.json")
+  rec = finished_record(config, setting, seed, lr, workdir)  # finished while we waited to look
+  if rec is not None:
+    logging.info("sweep: %s finished by another process, skipped", name)
     return rec
   t0 = time.perf_counter()
   logging.info("sweep: running %s (%s; predicted %s bytes of a %s-byte budget)", name,
@@ -399,7 +436,7 @@ def run_one(config, setting: budget_lib.Setting, seed: int, lr: float, workdir: 
   rec = {"name": name, "method": setting.method, "value_dtype": setting.value_dtype,
          "budget_fraction": setting.budget_fraction,
          "budget_bytes": setting.budget_bytes, "reference": setting.reference, "seed": int(seed),
-         "lr": float(lr), "setting": want, "summary": setting.summary}
+         "lr": float(lr), "setting": setting.to_dict(), "summary": setting.summary}
   prune_seconds = 0.0
   if emb_lib.prunes(setting.method) and os.path.exists(
       os.path.join(prune_workdir or rdir, "prune", "summary.json")):
@@ -466,6 +503,7 @@ def run_magnitude(config, setting: budget_lib.Setting, reference: budget_lib.Set
   Raises:
     ValueError: the reference run has not finished (:func:`reference_record`), or the run folder
       holds another finished run (:func:`finished_record`).
+    runlock.WorkdirBusyError: another sweep process is running this run.
   """
   name = run_name(setting, seed, lr)
   rec = finished_record(config, setting, seed, lr, workdir)
@@ -473,9 +511,22 @@ def run_magnitude(config, setting: budget_lib.Setting, reference: budget_lib.Set
     logging.info("sweep: %s finished before, skipped", name)
     return rec
   ref = reference_record(config, reference, seed, lr, workdir, name)
-  t0 = time.perf_counter()
   rdir = os.path.join(workdir, "runs", name)
   os.makedirs(rdir, exist_ok=True)
+  with runlock.hold(rdir, name=RUN_LOCK):
+    rec = finished_record(config, setting, seed, lr, workdir)
+    if rec is not None:
+      logging.info("sweep: %s finished by another process, skipped", name)
+      return rec
+    return _run_magnitude_locked(config, setting, seed, lr, workdir, ref)
+
+
+def _run_magnitude_locked(config, setting: budget_lib.Setting, seed: int, lr: float,
+                          workdir: str, ref: dict) -> dict:
+  """:func:`run_magnitude` once its run lock is held: prunes, packs, evaluates, writes."""
+  name = run_name(setting, seed, lr)
+  t0 = time.perf_counter()
+  rdir = os.path.join(workdir, "runs", name)
   workdir_lib.check_config(run_config(config, setting, seed, lr), rdir)
   grid = magnitude_grid(config)
   logging.info("sweep: running %s (%s, m ∈ %s, from %s)", name, setting.summary, grid, ref["name"])
@@ -522,6 +573,7 @@ def _magnitude_record(config, setting: budget_lib.Setting, seed: int, lr: float,
 # Records: a sweep that outlives its workdir
 # --------------------------------------------------------------------------------------------------
 
+RUN_LOCK = ".sweep_lock"  # a run folder's lock while a sweep process runs it (train.py's: .lock)
 RECORDS_FILE = "records.jsonl"
 
 
@@ -742,8 +794,8 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
     raise ValueError("a sweep needs a workdir")
   reference = budget_lib.reference_setting(data.num_entities, sc.reference_dim)
   group_of = {i: g for g in shared_stage1_groups(settings) for i in g}
-  shared: dict = {}  # (first index of the group, seed) → shared stage-1 folder
-  records = []
+  shared: dict = {}  # (first index of the group, seed) → shared stage-1 folder (or busy error)
+  records, busy = [], []
   for i, (s, seed, lr) in enumerate(jobs):
     if report_only:
       rec = finished_record(config, s, seed, lr, workdir)
@@ -753,22 +805,26 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
         logging.info("sweep: %s not finished yet; left out of the report", run_name(s, seed, lr))
       continue
     logging.info("sweep: run %d/%d", i + 1, len(jobs))
-    if s.method == "magnitude":
-      records.append(run_magnitude(config, s, reference, seed, lr, workdir))
-      continue
-    prune_dir = None
-    idx = settings.index(s)
-    if idx in group_of and _open_without_own_stage1(workdir, s, seed, lr):
-      g = group_of[idx]
-      if (g[0], seed) not in shared:
-        # the budgets of the group still to retrain (not finished, no stage 1 of their own)
-        members = [settings[j] for j in g
-                   if any(_open_without_own_stage1(workdir, settings[j], seed, r) for r in sc.lrs)]
-        shared[(g[0], seed)] = (run_shared_stage1(config, members, seed, workdir)
-                                if len(members) > 1 else
-                                find_shared_stage1(config, s, seed, workdir, [_target(s)]))
-      prune_dir = shared[(g[0], seed)]
-    records.append(run_one(config, s, seed, lr, workdir, prune_workdir=prune_dir))
+    try:
+      if s.method == "magnitude":
+        records.append(run_magnitude(config, s, reference, seed, lr, workdir))
+        continue
+      prune_dir = None
+      idx = settings.index(s)
+      if idx in group_of and _open_without_own_stage1(workdir, s, seed, lr):
+        g = group_of[idx]
+        if (g[0], seed) not in shared:
+          shared[(g[0], seed)] = _group_stage1(config, settings, g, s, seed, workdir)
+        prune_dir = shared[(g[0], seed)]
+        if isinstance(prune_dir, runlock.WorkdirBusyError):  # its stage 1 runs elsewhere
+          raise prune_dir
+      records.append(run_one(config, s, seed, lr, workdir, prune_workdir=prune_dir))
+    except runlock.WorkdirBusyError as e:  # another process runs it: left to that process
+      busy.append(run_name(s, seed, lr))
+      logging.warning("sweep: %s skipped: %s", run_name(s, seed, lr), e)
+  if busy:
+    logging.warning("sweep: %d run(s) left to the other process(es) running them: %s; rerun "
+                    "this command after they finish to report them", len(busy), busy)
   if not records:
     raise ValueError(f"{workdir}: no finished run to report yet")
   pop = most_popular(config, data, workdir)

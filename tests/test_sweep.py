@@ -526,3 +526,58 @@ def test_reference_of_a_magnitude_run_still_to_do_trains_instead_of_importing(
   with pytest.raises(ValueError, match=r"its reference run full_reference_seed0_lr0.01 is finished "
                      r"in .* \(imported from .*kept.jsonl:\d+\) but its trained table is not there"):
     S.run_sweep(sweep_config, str(tmp_path / "later"))
+
+
+def test_runs_another_process_holds_are_left_to_it(swept, sweep_config, monkeypatch):
+  """Two sweep processes on one workdir share it run by run: a run whose lock another process
+  holds is skipped (not trained twice, not reported), and a rerun later picks it up."""
+  from cerp_jax import runlock  # pylint: disable=g-import-not-at-top
+  workdir, out = swept
+  name = next(r["name"] for r in out["records"] if r["method"] == "hash")
+  rdir = os.path.join(workdir, "runs", name)
+  os.remove(os.path.join(rdir, "sweep_run.json"))
+  trained = []
+  real = train_lib.train_and_evaluate
+
+  def counting(config, wd):
+    trained.append(os.path.basename(wd))
+    return real(config, wd)
+
+  monkeypatch.setattr(train_lib, "train_and_evaluate", counting)
+  with runlock.hold(rdir, name=S.RUN_LOCK):  # the other process, mid-run
+    res = S.run_sweep(sweep_config, workdir)
+  assert not trained and name not in {r["name"] for r in res["records"]}
+  assert len(res["records"]) == len(out["records"]) - 1
+  with runlock.hold(rdir):  # an older sweep process holds only train.py's lock: the same
+    res = S.run_sweep(sweep_config, workdir)
+  assert trained == [name] and name not in {r["name"] for r in res["records"]}
+  trained.clear()
+  res = S.run_sweep(sweep_config, workdir)  # the other process gone: the run resumes here
+  assert trained == [name] and len(res["records"]) == len(out["records"])
+
+
+def test_a_shared_stage1_another_process_runs_skips_its_whole_group(swept, sweep_config,
+                                                                     monkeypatch):
+  """While another process runs a shared stage 1, none of its budgets starts a stage 1 of its own
+  or retrains here; the rest of the sweep goes on."""
+  from cerp_jax import runlock  # pylint: disable=g-import-not-at-top
+  workdir, out = swept
+  pep = [r["name"] for r in out["records"] if r["method"] == "pep"]
+  assert len(pep) > 1
+  for name in pep:
+    os.remove(os.path.join(workdir, "runs", name, "sweep_run.json"))
+
+  def busy(*a, **kw):
+    raise runlock.WorkdirBusyError("runs/pep_stage1_x is in use by pid 1")
+
+  def boom(config, wd):
+    raise AssertionError(f"trained {wd} ({config.stage})")
+
+  monkeypatch.setattr(S, "run_shared_stage1", busy)
+  monkeypatch.setattr(train_lib, "train_and_evaluate", boom)
+  res = S.run_sweep(sweep_config, workdir)
+  assert {r["name"] for r in res["records"]} == {r["name"] for r in out["records"]} - set(pep)
+  monkeypatch.undo()
+  res = S.run_sweep(sweep_config, workdir)  # stage 1 found finished: the budgets retrain (resume)
+  assert len(res["records"]) == len(out["records"])
+  assert not any(os.path.exists(os.path.join(workdir, "runs", n, "prune")) for n in pep)
