@@ -13,8 +13,8 @@ the validation metrics, the test metrics and ``seconds`` (the stage's wall secon
 validation passes included, the test passes not). Writes ``OUT.csv`` (columns recipe, epoch,
 wall_s, valid_recall@20, test_recall@20, valid_ndcg@20, test_ndcg@20; one row per evaluation,
 ``epoch`` = epochs trained when it ran; empty cells where a split was not measured) and ``OUT.png``.
-``--keep=CSV`` first takes the curves of a CSV this script wrote, except those a ``--run`` names
-again (so a curve whose workdir is gone stays in the figure beside new ones).
+``--keep=CSV`` first takes the curves of a CSV this script wrote; a ``--run`` of the same name
+replaces its curve in place (so a curve whose workdir is gone stays in the figure beside new ones).
 """
 
 from __future__ import annotations
@@ -78,26 +78,36 @@ def read_csv(path: str) -> list[tuple[str, list[dict]]]:
 
   Raises:
     FileNotFoundError: no such file.
-    ValueError: the header is not :data:`COLUMNS`, or a cell is not a number (named by file, line
-      and column).
+    ValueError: the file is not UTF-8, its header is not :data:`COLUMNS`, a row has another
+      number of cells, or a cell is not a number (named by file, line and column).
   """
   runs: dict[str, list[dict]] = {}
-  with open(path, newline="", encoding="utf-8") as f:
-    reader = csv.DictReader(f)
-    if tuple(reader.fieldnames or ()) != COLUMNS:
-      raise ValueError(f"{path}:1: columns {reader.fieldnames} are not {list(COLUMNS)}")
-    for row in reader:
-      rec = {}
-      for col in COLUMNS[1:]:
-        cell = row[col]
-        try:
-          rec[col] = (int(cell) if col == "epoch" else float(cell)) if cell != "" else None
-        except ValueError:
-          raise ValueError(f"{path}:{reader.line_num}: {col}={cell!r} is not a number") from None
-      if rec["epoch"] is None or rec["wall_s"] is None:
-        raise ValueError(f"{path}:{reader.line_num}: epoch and wall_s must not be empty")
-      runs.setdefault(row["recipe"], []).append(rec)
+  try:
+    with open(path, newline="", encoding="utf-8") as f:
+      reader = csv.DictReader(f)
+      if tuple(reader.fieldnames or ()) != COLUMNS:
+        raise ValueError(f"{path}:1: columns {reader.fieldnames} are not {list(COLUMNS)}")
+      for row in reader:
+        runs.setdefault(row["recipe"], []).append(_csv_row(path, reader.line_num, row))
+  except UnicodeDecodeError as e:
+    raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
   return list(runs.items())
+
+
+def _csv_row(path: str, line: int, row: dict) -> dict:
+  """One CSV row's numbers (None for an empty cell); errors name the file, line and column."""
+  if None in row or any(v is None for v in row.values()):
+    raise ValueError(f"{path}:{line}: {len(COLUMNS)} cells expected")
+  rec = {}
+  for col in COLUMNS[1:]:
+    cell = row[col]
+    try:
+      rec[col] = (int(cell) if col == "epoch" else float(cell)) if cell != "" else None
+    except ValueError:
+      raise ValueError(f"{path}:{line}: {col}={cell!r} is not a number") from None
+  if rec["epoch"] is None or rec["wall_s"] is None:
+    raise ValueError(f"{path}:{line}: epoch and wall_s must not be empty")
+  return rec
 
 
 def _round(x):
@@ -155,11 +165,11 @@ def _curves() -> list:
     if not sep or not name or not workdir:
       raise ValueError(f"--run={spec!r}: expected NAME:WORKDIR")
     runs.append((name, curve(workdir, FLAGS.target)))
-  named = {name for name, _ in runs}
-  kept = [r for r in read_csv(FLAGS.keep) if r[0] not in named] if FLAGS.keep else []
+  kept = read_csv(FLAGS.keep) if FLAGS.keep else []
   if not runs and not kept:
     raise ValueError("give at least one --run=NAME:WORKDIR (or --keep=CSV)")
-  return kept + runs
+  new = dict(runs)  # a kept curve a --run names again is replaced in place (its colour stays)
+  return [(n, new.pop(n, rows)) for n, rows in kept] + list(new.items())
 
 
 def main(argv):

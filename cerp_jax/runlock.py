@@ -16,7 +16,12 @@ LOCK_NAME = ".lock"
 
 
 class WorkdirBusyError(RuntimeError):
-  """Another live process holds the workdir's lock."""
+  """Another live process holds the workdir's lock; ``holder`` names it (pid, host, start,
+  command)."""
+
+  def __init__(self, message: str, holder: str = ""):
+    super().__init__(message)
+    self.holder = holder
 
 
 def _holder(path: str) -> str:
@@ -36,7 +41,8 @@ def hold(workdir: str, enabled: bool = True, name: str = LOCK_NAME):
 
   Raises:
     WorkdirBusyError: a live process holds the lock; the message names it.
-    OSError: the lock file cannot be created (e.g. a read-only workdir), naming the path.
+    OSError: the lock file cannot be created (e.g. a read-only workdir) or the file system cannot
+      lock files (ENOLCK, e.g. NFS without locking), naming the path.
   """
   if not enabled:
     yield
@@ -47,10 +53,14 @@ def hold(workdir: str, enabled: bool = True, name: str = LOCK_NAME):
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
+      if e.errno in (errno.ENOLCK, errno.EOPNOTSUPP):
+        raise OSError(e.errno, f"{path}: this file system cannot lock files "
+                      f"({os.strerror(e.errno)}); use a workdir on a local disk") from None
       if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
         raise
-      raise WorkdirBusyError(f"{workdir} is in use by {_holder(path)}; wait for it to finish or "
-                             "use another --workdir") from None
+      holder = _holder(path)
+      raise WorkdirBusyError(f"{workdir} is in use by {holder}; wait for it to finish or "
+                             "use another --workdir", holder) from None
     info = {"pid": os.getpid(), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": " ".join(sys.argv)[:300]}
     os.ftruncate(fd, 0)

@@ -37,18 +37,19 @@ This module runs the sweep and keeps the shared stage-1 bookkeeping; the tables 
 Rerunning the same command skips finished runs and resumes unfinished ones from their checkpoints.
 A sweep also continues in a new workdir (another machine, a lost one) from a ``records.jsonl`` kept
 from an earlier one (``import_records``): the runs it holds count as finished and are reported.
-Several processes may run the same sweep on one workdir (one per core or machine): each run is
-taken under a lock of its folder (``runs/<run>/.sweep_lock``), and a run, or a shared stage 1,
-that another process holds is skipped and left to it (logged; rerun to report it).
+Several processes may run the same sweep on one workdir (one per core): each run is taken under
+a lock of its folder (``runs/<run>/.sweep_lock``), and a run, a shared stage 1 or a magnitude
+run's reference that another process holds is skipped and left to it (logged).
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import time
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 from absl import logging
 import ml_collections
@@ -69,6 +70,8 @@ METHOD_PROTOCOL = {
     "pep": {"prune.gamma_init": 0.0},  # PEP has no regularizer; thresholds rise by the coupled decay
 }
 MAGNITUDE_MIN_PER_ROW = (0, 1, 2, 4, 8)  # config.sweep.magnitude_min_per_row's default
+RECORDS_LOCK = ".records_lock"  # export_records' lock (sweep processes sharing the workdir)
+RUN_LOCK = ".sweep_lock"  # a run folder's lock while a sweep process runs it (train.py's: .lock)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -280,9 +283,9 @@ def run_shared_stage1(config, members: Sequence[budget_lib.Setting], seed: int, 
 def _group_stage1(config, settings: Sequence[budget_lib.Setting], group: Sequence[int],
                   setting: budget_lib.Setting, seed: int, workdir: str):
   """The shared stage-1 folder of ``setting``'s group at ``seed`` (run, resumed or found; None when
-  only ``setting`` is still open and no finished stage 1 serves it), or the WorkdirBusyError of
-  another process running it, so that every member of the group is skipped rather than each
-  starting a stage 1 of its own."""
+  only ``setting`` is still open and no finished stage 1 serves it), or :class:`_Busy` when
+  another process runs it: then this process leaves every budget of the group to that one (none
+  starts a stage 1 of its own), for the rest of its run."""
   sc = config.sweep
   # the budgets of the group still to retrain (not finished, no stage 1 of their own)
   members = [settings[j] for j in group
@@ -292,7 +295,12 @@ def _group_stage1(config, settings: Sequence[budget_lib.Setting], group: Sequenc
   try:
     return run_shared_stage1(config, members, seed, workdir)
   except runlock.WorkdirBusyError as e:
-    return e
+    return _Busy(f"{e.holder or 'another process'}, running its shared stage 1")
+
+
+class _Busy(NamedTuple):
+  """A shared stage 1 another process runs: every budget of its group is left to that process."""
+  holder: str
 
 
 def _open_without_own_stage1(workdir: str, setting: budget_lib.Setting, seed: int, lr: float) -> bool:
@@ -573,7 +581,6 @@ def _magnitude_record(config, setting: budget_lib.Setting, seed: int, lr: float,
 # Records: a sweep that outlives its workdir
 # --------------------------------------------------------------------------------------------------
 
-RUN_LOCK = ".sweep_lock"  # a run folder's lock while a sweep process runs it (train.py's: .lock)
 RECORDS_FILE = "records.jsonl"
 
 
@@ -585,9 +592,19 @@ def export_records(workdir: str) -> str:
   sweep elsewhere.
 
   Returns:
-    the file's path (written atomically: sweep processes sharing the workdir may race, and the
-    last one writes every run finished by then).
+    the file's path (written atomically, listed and written under ``workdir/.records_lock``: of
+    sweep processes sharing the workdir, the last to write lists every run finished by then).
   """
+  fd = os.open(os.path.join(workdir, RECORDS_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)  # list and write as one step: a later list is never overwritten
+    return _write_records(workdir)
+  finally:
+    os.close(fd)
+
+
+def _write_records(workdir: str) -> str:
+  """:func:`export_records` under its lock."""
   runs_dir = os.path.join(workdir, "runs")
   lines = []
   for name in sorted(os.listdir(runs_dir)) if os.path.isdir(runs_dir) else ():
@@ -598,7 +615,7 @@ def export_records(workdir: str) -> str:
     rec["config"] = workdir_lib.read_json(workdir_lib.config_path(rdir))
     lines.append(json.dumps(rec, sort_keys=True))
   path = os.path.join(workdir, RECORDS_FILE)
-  tmp = f"{path}.{os.getpid()}.tmp"
+  tmp = workdir_lib.tmp_path(path)
   with open(tmp, "w", encoding="ascii") as f:
     f.write("".join(line + "\n" for line in lines))
   os.replace(tmp, path)
@@ -759,12 +776,18 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
     import_from: a ``records.jsonl`` of an earlier workdir: its planned runs count as finished
       (:func:`import_records`), before anything runs.
 
+  Several processes may run the same sweep on one workdir: a run (or a shared stage 1, or the
+  reference a magnitude run prunes) another process holds is skipped and left to it; the report
+  then holds every run finished in the workdir when this process ends, and when none has finished
+  yet there is no report (a warning, ``records`` empty).
+
   Returns:
     ``{'plan': [settings], 'records': [...], 'rows': [...], 'most_popular': {...}}``.
 
   Raises:
     BudgetError: a (method, budget) cannot land in the budget window (before anything trains).
-    ValueError: a bad sweep config, or a run folder holding another setting.
+    ValueError: a bad sweep config, a run folder holding another setting, or no run finished
+      (none skipped for another process either).
   """
   validate_sweep_config(config)
   data = data_lib.load_interactions(config)
@@ -805,8 +828,11 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
         logging.info("sweep: %s not finished yet; left out of the report", run_name(s, seed, lr))
       continue
     logging.info("sweep: run %d/%d", i + 1, len(jobs))
+    name = run_name(s, seed, lr)
     try:
       if s.method == "magnitude":
+        if run_name(reference, seed, lr) in busy:  # its reference trains in another process
+          raise runlock.WorkdirBusyError("", f"the process training {run_name(reference, seed, lr)}")
         records.append(run_magnitude(config, s, reference, seed, lr, workdir))
         continue
       prune_dir = None
@@ -816,15 +842,21 @@ def run_sweep(config, workdir: Optional[str], solve_only: bool = False,
         if (g[0], seed) not in shared:
           shared[(g[0], seed)] = _group_stage1(config, settings, g, s, seed, workdir)
         prune_dir = shared[(g[0], seed)]
-        if isinstance(prune_dir, runlock.WorkdirBusyError):  # its stage 1 runs elsewhere
-          raise prune_dir
+        if isinstance(prune_dir, _Busy):  # its shared stage 1 runs in another process
+          raise runlock.WorkdirBusyError("", prune_dir.holder)
       records.append(run_one(config, s, seed, lr, workdir, prune_workdir=prune_dir))
-    except runlock.WorkdirBusyError as e:  # another process runs it: left to that process
-      busy.append(run_name(s, seed, lr))
-      logging.warning("sweep: %s skipped: %s", run_name(s, seed, lr), e)
-  if busy:
-    logging.warning("sweep: %d run(s) left to the other process(es) running them: %s; rerun "
-                    "this command after they finish to report them", len(busy), busy)
+    except runlock.WorkdirBusyError as e:
+      busy.append(name)
+      logging.warning("sweep: %s skipped, left to %s", name, e.holder or e)
+  if busy:  # the others may have finished runs since this process passed them: report them all
+    logging.warning("sweep: %d run(s) left to other processes: %s; rerun this command (or "
+                    "--report_only) after they end for the whole table", len(busy), busy)
+    records = [r for r in (finished_record(config, s, seed, lr, workdir) for s, seed, lr in jobs)
+               if r is not None]
+    if not records:
+      logging.warning("sweep: no finished run to report yet")
+      out.update(records=[], rows=[], most_popular=None)
+      return out
   if not records:
     raise ValueError(f"{workdir}: no finished run to report yet")
   pop = most_popular(config, data, workdir)

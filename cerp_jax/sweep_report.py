@@ -21,6 +21,7 @@ import numpy as np
 
 from cerp_jax import budget as budget_lib
 from cerp_jax import packing
+from cerp_jax import workdir as workdir_lib
 
 METHOD_LABELS = {"full": "full table (smaller d)", "qr": "QR", "hash": "hashing", "pep": "PEP",
                  "cerp": "CERP", "magnitude": "magnitude pruning (no retraining)"}
@@ -97,7 +98,7 @@ def aggregate(records: Sequence[dict], metric_keys: Sequence[str]) -> list[dict]
 
 def write_csv(path: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
   """Writes rows (dicts) with the given columns; missing values are empty."""
-  tmp = f"{path}.{os.getpid()}.tmp"
+  tmp = workdir_lib.tmp_path(path)
   with open(tmp, "w", newline="", encoding="utf-8") as f:
     w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
     w.writeheader()
@@ -253,7 +254,7 @@ def plot_frontier(path: str, rows: Sequence[dict], config, pop: Optional[dict],
   axes[0].legend(fontsize=8)
   fig.suptitle(f"{config.data.name} / {config.model.backbone}: accuracy vs memory")
   fig.tight_layout()
-  tmp = f"{path}.{os.getpid()}.tmp.png"
+  tmp = workdir_lib.tmp_path(path, ".tmp.png")
   fig.savefig(tmp, dpi=130)
   plt.close(fig)
   os.replace(tmp, path)
@@ -278,7 +279,10 @@ def write_results(workdir: str, records: Sequence[dict], config, num_entities: i
   write_csv(os.path.join(workdir, "runs.csv"), records, RUN_COLUMNS)
   write_csv(os.path.join(workdir, "results.csv"), rows, RESULT_COLUMNS)
   md = markdown(rows, config, num_entities, pop)
-  with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
+  md_path = os.path.join(workdir, "results.md")
+  tmp = workdir_lib.tmp_path(md_path)
+  with open(tmp, "w", encoding="utf-8") as f:
     f.write(md)
+  os.replace(tmp, md_path)
   plot_frontier(os.path.join(workdir, "frontier.png"), rows, config, pop, num_entities)
   return rows, md

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from typing import Any, Optional, Sequence
 
 import jax.numpy as jnp
@@ -77,8 +78,14 @@ def read_json(path: str) -> Any:
     return json.load(f)
 
 
+def tmp_path(path: str, suffix: str = ".tmp") -> str:
+  """A temporary name beside ``path``, unique to this process and call (``path.<pid>.<hex><suffix>``):
+  processes writing the same file (sweep processes sharing a workdir) never share a temporary."""
+  return f"{path}.{os.getpid()}.{secrets.token_hex(4)}{suffix}"
+
+
 def write_json(path: str, obj: Any, sort_keys: bool = True) -> None:
-  """Writes ``obj`` as indented JSON atomically (``path.tmp``, then renamed); process 0 only.
+  """Writes ``obj`` as indented JSON atomically (:func:`tmp_path`, then renamed); process 0 only.
 
   numpy integers, floats and arrays are written as numbers and lists.
 
@@ -87,7 +94,7 @@ def write_json(path: str, obj: Any, sort_keys: bool = True) -> None:
   """
   if not shard_lib.is_primary():  # multi-process: process 0 writes
     return
-  tmp = path + ".tmp"
+  tmp = tmp_path(path)
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(obj, f, indent=2, sort_keys=sort_keys, default=_numpy_default)
   os.replace(tmp, path)

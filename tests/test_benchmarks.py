@@ -150,7 +150,8 @@ def test_time_to_accuracy_curve_from_a_run(test_config, tmp_path):
                        timeout=300)
     assert r.returncode == 2 and "error:" in r.stderr and message in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "x.csv").exists()
-  # --keep: the CSV's curves stay (a curve --run names again is replaced), written back unchanged
+  # --keep: the CSV's curves stay, written back unchanged; a --run of the same name replaces its
+  # curve in place
   kept = tmp_path / "kept"
   _run(["benchmarks/time_to_accuracy.py", f"--keep={out}.csv", f"--run=again:{tmp_path / 'run'}",
         f"--out={kept}"])
@@ -160,11 +161,12 @@ def test_time_to_accuracy_curve_from_a_run(test_config, tmp_path):
   _run(["benchmarks/time_to_accuracy.py", f"--keep={kept}.csv", f"--run=fast:{tmp_path / 'run'}",
         f"--out={kept}"])
   recipes = [r["recipe"] for r in csv.DictReader(open(f"{kept}.csv"))]
-  assert recipes == ["again"] * len(rows) + ["fast"] * len(rows)
+  assert recipes == ["fast"] * len(rows) + ["again"] * len(rows)
   lines = open(f"{out}.csv").read().splitlines()
   for text, message in (("a,b\n1,2\n", "x.csv:1: columns"),
                         ("\n".join(lines[:2] + ["fast,3,oops,,,,"]) + "\n",
-                         "x.csv:3: wall_s='oops' is not a number")):
+                         "x.csv:3: wall_s='oops' is not a number"),
+                        ("\n".join(lines[:2] + ["fast,3"]) + "\n", "x.csv:3: 7 cells expected")):
     (tmp_path / "x.csv").write_text(text)
     r = subprocess.run([sys.executable, "benchmarks/time_to_accuracy.py",
                         f"--keep={tmp_path / 'x.csv'}", f"--out={tmp_path / 'y'}"], cwd=REPO,

@@ -558,26 +558,65 @@ def test_runs_another_process_holds_are_left_to_it(swept, sweep_config, monkeypa
 
 def test_a_shared_stage1_another_process_runs_skips_its_whole_group(swept, sweep_config,
                                                                      monkeypatch):
-  """While another process runs a shared stage 1, none of its budgets starts a stage 1 of its own
-  or retrains here; the rest of the sweep goes on."""
+  """While another process runs a shared stage 1 (it holds train.py's lock of that folder), none
+  of its budgets starts a stage 1 of its own or retrains here; the rest of the sweep goes on, and
+  the report holds every finished run."""
   from cerp_jax import runlock  # pylint: disable=g-import-not-at-top
   workdir, out = swept
   pep = [r["name"] for r in out["records"] if r["method"] == "pep"]
   assert len(pep) > 1
   for name in pep:
     os.remove(os.path.join(workdir, "runs", name, "sweep_run.json"))
+  (stage1,) = [d for d in os.listdir(os.path.join(workdir, "runs")) if d.startswith("pep_stage1_")]
+  sdir = os.path.join(workdir, "runs", stage1)
+  summary = os.path.join(sdir, "prune", "summary.json")
+  os.rename(summary, summary + ".away")  # its stage 1 is unfinished again
+  trained = []
+  real = train_lib.train_and_evaluate
 
-  def busy(*a, **kw):
-    raise runlock.WorkdirBusyError("runs/pep_stage1_x is in use by pid 1")
+  def spy(config, wd):
+    trained.append((config.stage, os.path.basename(wd)))
+    return real(config, wd)
 
-  def boom(config, wd):
-    raise AssertionError(f"trained {wd} ({config.stage})")
-
-  monkeypatch.setattr(S, "run_shared_stage1", busy)
-  monkeypatch.setattr(train_lib, "train_and_evaluate", boom)
-  res = S.run_sweep(sweep_config, workdir)
+  monkeypatch.setattr(train_lib, "train_and_evaluate", spy)
+  try:
+    with runlock.hold(sdir):  # the other process, mid-stage-1
+      res = S.run_sweep(sweep_config, workdir)
+  finally:
+    os.rename(summary + ".away", summary)
+  assert trained == [("prune", stage1)]  # tried once, found busy: no budget ran anything
   assert {r["name"] for r in res["records"]} == {r["name"] for r in out["records"]} - set(pep)
-  monkeypatch.undo()
-  res = S.run_sweep(sweep_config, workdir)  # stage 1 found finished: the budgets retrain (resume)
+  trained.clear()
+  res = S.run_sweep(sweep_config, workdir)  # stage 1 finished: the budgets retrain (resume)
+  assert sorted(trained) == sorted(("retrain", n) for n in pep)
   assert len(res["records"]) == len(out["records"])
   assert not any(os.path.exists(os.path.join(workdir, "runs", n, "prune")) for n in pep)
+
+
+def test_a_magnitude_run_whose_reference_trains_elsewhere_is_left_too(swept, sweep_config,
+                                                                       monkeypatch):
+  """The reference comes right before the magnitude runs: a process that finds it busy leaves
+  them to the process training it (no error), and a process that finds nothing finished writes
+  no report."""
+  from cerp_jax import runlock  # pylint: disable=g-import-not-at-top
+  workdir, out = swept
+  ref = next(r["name"] for r in out["records"] if r["reference"])
+  mag = [r["name"] for r in out["records"] if r["method"] == "magnitude"]
+  assert mag
+  moved = [os.path.join(workdir, "runs", n, "sweep_run.json") for n in [ref] + mag]
+  for path in moved:
+    os.rename(path, path + ".away")
+  try:
+    with runlock.hold(os.path.join(workdir, "runs", ref), name=S.RUN_LOCK):
+      res = S.run_sweep(sweep_config, workdir)
+      assert {r["name"] for r in res["records"]} == (
+          {r["name"] for r in out["records"]} - {ref, *mag})
+      c = sweep_config.copy_and_resolve_references()
+      c.sweep.methods = ("magnitude",)
+      before = os.path.getmtime(os.path.join(workdir, "results.md"))
+      res = S.run_sweep(c, workdir)  # only busy runs: a warning, no report, no error
+      assert res["records"] == [] and os.path.getmtime(os.path.join(workdir, "results.md")) == before
+  finally:
+    for path in moved:
+      os.rename(path + ".away", path)
+  assert len(S.run_sweep(sweep_config, workdir, report_only=True)["records"]) == len(out["records"])
