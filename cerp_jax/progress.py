@@ -4,11 +4,16 @@ Stage 1 measures progress in entries pruned toward the last budget (it ends when
 met, not at ``prune.max_epochs``); stage 2 in steps toward the early-stopping horizon, which moves
 as validation improves. On a terminal, log lines are printed above the bar (through ``tqdm.write``)
 instead of breaking it; when stderr is not a terminal, a log line every ``log_every_s`` seconds
-gives the position, steps/s and the ETA.
+gives the position, steps/s and the ETA. The ETA is the time left at the rate of the last
+``eta_window_s`` seconds, not at the mean rate since the start: stage 1 prunes faster as its
+thresholds rise, so any rate so far overstates the time left, and the mean rate the most (`make
+train`'s stage 1, 37 min: 22 min in, the mean rate said 66 min left, the last 5 minutes' rate 29,
+the truth 15).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import sys
 import time
@@ -69,10 +74,11 @@ class Progress:
     unit: what ``n`` counts (``'entries'``, ``'step'``).
     bar: show a tqdm bar if stderr is a terminal (False: log lines only).
     log_every_s: seconds between log lines when no bar is shown (0: never).
+    eta_window_s: the ETA divides what is left by the rate over this many recent seconds.
   """
 
   def __init__(self, desc: str, total: int, initial: int = 0, step: int = 0, unit: str = "step",
-               bar: bool = True, log_every_s: float = 60.0):
+               bar: bool = True, log_every_s: float = 60.0, eta_window_s: float = 300.0):
     self.desc, self.unit, self.total = desc, unit, max(int(total), 0)
     self.n = min(max(int(initial), 0), self.total)
     self._bar = tqdm(total=self.total, initial=self.n, desc=desc, unit=unit, dynamic_ncols=True,
@@ -80,8 +86,10 @@ class Progress:
     self._shown = not self._bar.disable
     self._log_every = log_every_s
     self._t0 = self._last_log = time.perf_counter()
-    self._n0, self._step0, self.step = self.n, int(step), int(step)
+    self._step0, self.step = int(step), int(step)
     self._based = False  # rates count from the first update (after compilation, resume jumps)
+    self._eta_window = eta_window_s
+    self._recent = collections.deque()  # (time, n) of the updates in the ETA's window
     self._redirect = _logs_above_bar(self._shown)
     self._redirect.__enter__()
 
@@ -90,8 +98,12 @@ class Progress:
     return (self.step - self._step0) / dt if dt > 0 else 0.0
 
   def eta_s(self) -> Optional[float]:
-    """Seconds to ``total`` at the mean rate since start; None while nothing has moved."""
-    dt, moved = time.perf_counter() - self._t0, self.n - self._n0
+    """Seconds to ``total`` at the rate of the last ``eta_window_s`` seconds (since the first
+    update while the run is younger than that); None while nothing has moved in that window."""
+    if not self._recent:
+      return None
+    t_old, n_old = self._recent[0]
+    dt, moved = time.perf_counter() - t_old, self.n - n_old
     return (self.total - self.n) * dt / moved if moved > 0 else None
 
   def set_total(self, total: int):
@@ -104,11 +116,14 @@ class Progress:
     n = min(max(int(n), self.n), self.total)
     self._bar.update(n - self.n)
     self.n, self.step = n, int(step)
+    now = time.perf_counter()
     if not self._based:
-      self._based, self._t0, self._n0, self._step0 = True, time.perf_counter(), self.n, self.step
+      self._based, self._t0, self._step0 = True, now, self.step
+    self._recent.append((now, self.n))
+    while len(self._recent) > 1 and now - self._recent[1][0] >= self._eta_window:
+      self._recent.popleft()  # the oldest kept sample is the last one at least a window old
     if postfix:
       self._bar.set_postfix(postfix, refresh=False)
-    now = time.perf_counter()
     if not self._shown and self._log_every and now - self._last_log >= self._log_every:
       self._last_log = now
       logging.info("%s", self.line(**postfix))

@@ -107,3 +107,21 @@ def test_progress_clips_and_moves_its_total():
   assert p.total == 200
   p.close()
   assert progress_lib.format_seconds(None) == "?" and progress_lib.format_seconds(3725) == "1h02m"
+
+
+def test_eta_takes_the_recent_rate(monkeypatch):
+  """Stage 1 prunes faster as it goes: the ETA follows the last window, not the mean since start."""
+  clock = [0.0]
+  monkeypatch.setattr(progress_lib, "time", type("Clock", (), {"perf_counter": lambda: clock[0]}))
+  p = progress_lib.Progress("prune", 1000, 0, 0, unit="entries", bar=False, log_every_s=0,
+                            eta_window_s=100.0)
+  assert p.eta_s() is None
+  for t, n in ((0, 0), (100, 10), (200, 20), (300, 120)):
+    clock[0] = float(t)
+    p.update(n, t)
+  # the last 100 s moved 100 entries: 880 left at 1 entry/s (the mean rate, 0.4/s, would say 2,200)
+  assert p.eta_s() == pytest.approx(880.0)
+  clock[0] = 500.0
+  p.update(120, 500)          # nothing moved in the last window: no ETA rather than a stale one
+  assert p.eta_s() is None
+  p.close()
