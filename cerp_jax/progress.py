@@ -89,7 +89,7 @@ class Progress:
     self._step0, self.step = int(step), int(step)
     self._based = False  # rates count from the first update (after compilation, resume jumps)
     self._eta_window = eta_window_s
-    self._recent = collections.deque()  # (time, n) of the updates in the ETA's window
+    self._recent = collections.deque()  # (time, n) samples of the updates in the ETA's window
     self._redirect = _logs_above_bar(self._shown)
     self._redirect.__enter__()
 
@@ -119,7 +119,8 @@ class Progress:
     now = time.perf_counter()
     if not self._based:
       self._based, self._t0, self._step0 = True, now, self.step
-    self._recent.append((now, self.n))
+    if not self._recent or now - self._recent[-1][0] >= 1.0:
+      self._recent.append((now, self.n))  # at most one sample a second: ≤ eta_window_s of them
     while len(self._recent) > 1 and now - self._recent[1][0] >= self._eta_window:
       self._recent.popleft()  # the oldest kept sample is the last one at least a window old
     if postfix:
